@@ -1,0 +1,347 @@
+//! The Double Ratchet (Signal's specification) with AES-256-GCM.
+//!
+//! * Root KDF: HKDF-SHA256 ([`root_key`]); chain KDF: HMAC-SHA256 ([`chain_key`]).
+//! * Each message key yields an AES-256-GCM key; the 96-bit nonce is random and
+//!   carried in the header; the associated data is the session's AD followed by
+//!   the encoded header.
+//! * The sending ratchet key pair is made once per DH step, when the first
+//!   message after a received ratchet key is sent (not on every encrypt).
+//! * Out-of-order messages: up to [`MAX_MESSAGE_GAP`] keys are derived ahead in
+//!   one chain and kept as skipped keys, bounded per chain and in total
+//!   (oldest evicted) and for [`SKIPPED_KEY_LIFETIME`].
+//! * **Decrypt is transactional**: nothing changes unless the message
+//!   authenticates, so a forged, replayed or too-distant message leaves the
+//!   state byte-identical.
+
+mod chain_key;
+mod message;
+mod message_key;
+mod receiver_chain;
+mod root_key;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::codec::DecodeError;
+use crate::keys::{KeyError, X25519PublicKey, diffie_hellman, generate_x25519};
+use crate::secret::Secret32;
+pub use chain_key::MAX_MESSAGE_GAP;
+use chain_key::ChainKey;
+pub use message::{HEADER_LEN, RATCHET_VERSION, TAG_LEN};
+use message::{Header, Message};
+use receiver_chain::{ReceiverChain, SkippedKeys};
+pub use receiver_chain::{MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL, SKIPPED_KEY_LIFETIME};
+use root_key::RootKey;
+
+/// Why a ratchet message could not be encrypted or decrypted.
+///
+/// Authentication failures are one opaque variant on purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RatchetError {
+    /// The message is malformed.
+    #[error("malformed message: {0}")]
+    Decode(#[from] DecodeError),
+    /// The message did not authenticate under any key this session holds.
+    #[error("message failed to authenticate")]
+    AuthenticationFailed,
+    /// The message was already decrypted, or its key was evicted or expired.
+    #[error("message already received or its key is gone")]
+    DuplicateOrExpired,
+    /// The message is further ahead in its chain than the receiver will derive.
+    #[error("message is {gap} messages ahead, beyond the limit")]
+    TooFarAhead {
+        /// How far ahead it is.
+        gap: u32,
+    },
+    /// A peer ratchet key produced a degenerate DH output.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// This side cannot send yet (a responder before its first message).
+    #[error("no sending chain yet")]
+    NoSendingChain,
+    /// 2^32 messages were sent in one chain.
+    #[error("sending chain exhausted")]
+    ChainExhausted,
+    /// The plaintext is too long for AES-GCM.
+    #[error("message too long")]
+    MessageTooLong,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SendingChain {
+    chain_key: ChainKey,
+    index: u32,
+}
+
+/// The ratchet state of one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Ratchet {
+    root_key: RootKey,
+    our_secret: Secret32,
+    our_public: X25519PublicKey,
+    /// `None` after a new remote ratchet key arrived, until we next send.
+    sending: Option<SendingChain>,
+    previous_sending_length: u32,
+    /// The newest remote ratchet key (`DHr`).
+    remote: Option<X25519PublicKey>,
+    receiving: Option<ReceiverChain>,
+    skipped: SkippedKeys,
+}
+
+impl Ratchet {
+    /// The initiator: knows the responder's prekey, which is the responder's
+    /// first ratchet key. Its first encrypt performs the first DH step.
+    pub(crate) fn initiator<R: rand_core::CryptoRng + ?Sized>(
+        rng: &mut R,
+        shared_secret: Secret32,
+        remote: X25519PublicKey,
+    ) -> Self {
+        let (our_secret, our_public) = generate_x25519(rng);
+        Self {
+            root_key: RootKey::new(shared_secret),
+            our_secret,
+            our_public,
+            sending: None,
+            previous_sending_length: 0,
+            remote: Some(remote),
+            receiving: None,
+            skipped: SkippedKeys::default(),
+        }
+    }
+
+    /// The responder: its prekey pair is its first ratchet key pair.
+    pub(crate) fn responder(
+        shared_secret: Secret32,
+        prekey_secret: Secret32,
+        prekey_public: X25519PublicKey,
+    ) -> Self {
+        Self {
+            root_key: RootKey::new(shared_secret),
+            our_secret: prekey_secret,
+            our_public: prekey_public,
+            sending: None,
+            previous_sending_length: 0,
+            remote: None,
+            receiving: None,
+            skipped: SkippedKeys::default(),
+        }
+    }
+
+    /// Encrypts one message. The state advances; the caller must persist it
+    /// before it releases the ciphertext.
+    pub(crate) fn encrypt<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        associated_data: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, RatchetError> {
+        if self.sending.is_none() {
+            let remote = self.remote.ok_or(RatchetError::NoSendingChain)?;
+            let (secret, public) = generate_x25519(rng);
+            let dh = diffie_hellman(&secret, &remote)?;
+            let (root, chain_key) = self.root_key.advance(&dh);
+            self.root_key = root;
+            self.our_secret = secret;
+            self.our_public = public;
+            self.sending = Some(SendingChain { chain_key, index: 0 });
+        }
+        let previous_length = self.previous_sending_length;
+        let chain = self.sending.as_mut().ok_or(RatchetError::NoSendingChain)?;
+        if chain.index == u32::MAX {
+            return Err(RatchetError::ChainExhausted);
+        }
+        let mut nonce = [0u8; 12];
+        rng.fill_bytes(&mut nonce);
+        let header =
+            Header { ratchet_key: self.our_public, previous_length, index: chain.index, nonce };
+        let header_bytes = header.to_bytes();
+        let (message_key, next) = chain.chain_key.step();
+        let mut aad = Vec::with_capacity(associated_data.len() + HEADER_LEN);
+        aad.extend_from_slice(associated_data);
+        aad.extend_from_slice(&header_bytes);
+        let ciphertext = message_key.encrypt(&nonce, &aad, plaintext)?;
+        chain.chain_key = next;
+        chain.index += 1;
+        let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+        out.extend_from_slice(&header_bytes);
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    /// Decrypts one message; on any error the state is unchanged.
+    pub(crate) fn decrypt(
+        &mut self,
+        associated_data: &[u8],
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<Vec<u8>, RatchetError> {
+        let message = Message::decode(bytes)?;
+        let header = &message.header;
+        let mut aad = Vec::with_capacity(associated_data.len() + HEADER_LEN);
+        aad.extend_from_slice(associated_data);
+        aad.extend_from_slice(message.header_bytes);
+        let open = |key: &message_key::MessageKey| key.decrypt(&header.nonce, &aad, message.ciphertext);
+
+        // A key skipped earlier.
+        if let Some(key) = self.skipped.get(&header.ratchet_key, header.index, now) {
+            let plaintext = open(key)?;
+            self.skipped.remove(&header.ratchet_key, header.index);
+            return Ok(plaintext);
+        }
+
+        // The current receiving chain.
+        if let Some(chain) = self.receiving.as_ref().filter(|c| c.remote == header.ratchet_key) {
+            if header.index < chain.index {
+                return Err(RatchetError::DuplicateOrExpired);
+            }
+            let (skipped, key, next) = chain.chain_key.advance_to(chain.index, header.index)?;
+            let plaintext = open(&key)?;
+            let remote = chain.remote;
+            if let Some(chain) = self.receiving.as_mut() {
+                chain.chain_key = next;
+                chain.index = header.index + 1;
+            }
+            self.skipped.insert(remote, skipped, now);
+            return Ok(plaintext);
+        }
+
+        // A message on a chain we have moved past, whose key is gone.
+        if self.remote == Some(header.ratchet_key) {
+            return Err(RatchetError::DuplicateOrExpired);
+        }
+
+        // A new remote ratchet key: a DH step, computed aside until it authenticates.
+        let old_chain_rest = match &self.receiving {
+            Some(chain) => chain.chain_key.skip_to(chain.index, header.previous_length)?,
+            None => Vec::new(),
+        };
+        let dh = diffie_hellman(&self.our_secret, &header.ratchet_key)?;
+        let (root, chain_key) = self.root_key.advance(&dh);
+        let (skipped, key, next) = chain_key.advance_to(0, header.index)?;
+        let plaintext = open(&key)?;
+
+        if let Some(old) = self.receiving.take() {
+            self.skipped.insert(old.remote, old_chain_rest, now);
+        }
+        self.skipped.insert(header.ratchet_key, skipped, now);
+        self.root_key = root;
+        self.receiving = Some(ReceiverChain {
+            remote: header.ratchet_key,
+            chain_key: next,
+            index: header.index + 1,
+        });
+        self.remote = Some(header.ratchet_key);
+        if let Some(sending) = self.sending.take() {
+            self.previous_sending_length = sending.index;
+        }
+        Ok(plaintext)
+    }
+
+    /// Whether the next encrypt performs a DH step.
+    #[cfg(test)]
+    pub(crate) fn will_step_on_send(&self) -> bool {
+        self.sending.is_none()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn skipped_len(&self) -> usize {
+        self.skipped.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::ChaCha20Rng;
+    use rand_chacha::rand_core::SeedableRng;
+
+    use super::*;
+
+    const AD: &[u8] = b"associated data";
+
+    pub(crate) fn pair(seed: u8) -> (Ratchet, Ratchet, ChaCha20Rng) {
+        let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+        let sk = Secret32::new([seed; 32]);
+        let (bob_secret, bob_public) = generate_x25519(&mut rng);
+        let alice = Ratchet::initiator(&mut rng, sk.clone(), bob_public);
+        let bob = Ratchet::responder(sk, bob_secret, bob_public);
+        (alice, bob, rng)
+    }
+
+    fn snapshot(r: &Ratchet) -> Vec<u8> {
+        postcard::to_allocvec(r).unwrap()
+    }
+
+    #[test]
+    fn round_trip_with_dh_steps() {
+        let (mut alice, mut bob, mut rng) = pair(1);
+        assert!(bob.encrypt(&mut rng, AD, b"x").is_err(), "responder cannot send first");
+        for round in 0..4u8 {
+            let m1 = alice.encrypt(&mut rng, AD, &[round; 10]).unwrap();
+            let m2 = alice.encrypt(&mut rng, AD, &[round; 1]).unwrap();
+            assert_eq!(bob.decrypt(AD, &m2, 0).unwrap(), vec![round; 1]);
+            assert_eq!(bob.decrypt(AD, &m1, 0).unwrap(), vec![round; 10]);
+            assert!(bob.will_step_on_send());
+            let r = bob.encrypt(&mut rng, AD, b"reply").unwrap();
+            assert!(!bob.will_step_on_send());
+            assert_eq!(alice.decrypt(AD, &r, 0).unwrap(), b"reply");
+        }
+    }
+
+    #[test]
+    fn failures_leave_the_state_unchanged() {
+        let (mut alice, mut bob, mut rng) = pair(2);
+        let m = alice.encrypt(&mut rng, AD, b"hello").unwrap();
+        for i in 0..m.len() {
+            let mut bad = m.clone();
+            bad[i] ^= 0x40;
+            let before = snapshot(&bob);
+            assert!(bob.decrypt(AD, &bad, 0).is_err(), "byte {i}");
+            assert_eq!(before, snapshot(&bob), "byte {i}");
+        }
+        assert!(bob.decrypt(b"other ad", &m, 0).is_err());
+        assert_eq!(bob.decrypt(AD, &m, 0).unwrap(), b"hello");
+        let before = snapshot(&bob);
+        assert_eq!(bob.decrypt(AD, &m, 0), Err(RatchetError::DuplicateOrExpired));
+        assert_eq!(before, snapshot(&bob));
+    }
+
+    #[test]
+    fn gaps_beyond_the_limit_are_refused_without_change() {
+        let (mut alice, mut bob, mut rng) = pair(3);
+        let first = alice.encrypt(&mut rng, AD, b"0").unwrap();
+        bob.decrypt(AD, &first, 0).unwrap();
+        let mut last = Vec::new();
+        for _ in 0..=MAX_MESSAGE_GAP + 1 {
+            last = alice.encrypt(&mut rng, AD, b"n").unwrap();
+        }
+        let before = snapshot(&bob);
+        assert!(matches!(bob.decrypt(AD, &last, 0), Err(RatchetError::TooFarAhead { .. })));
+        assert_eq!(before, snapshot(&bob));
+    }
+
+    #[test]
+    fn skipped_keys_across_a_dh_step() {
+        let (mut alice, mut bob, mut rng) = pair(4);
+        let a0 = alice.encrypt(&mut rng, AD, b"a0").unwrap();
+        let a1 = alice.encrypt(&mut rng, AD, b"a1").unwrap();
+        bob.decrypt(AD, &a0, 0).unwrap();
+        let b0 = bob.encrypt(&mut rng, AD, b"b0").unwrap();
+        alice.decrypt(AD, &b0, 0).unwrap();
+        let a2 = alice.encrypt(&mut rng, AD, b"a2").unwrap();
+        // a2 is on a new chain; a1 must be kept as skipped from the old one.
+        assert_eq!(bob.decrypt(AD, &a2, 0).unwrap(), b"a2");
+        assert_eq!(bob.skipped_len(), 1);
+        assert_eq!(bob.decrypt(AD, &a1, 0).unwrap(), b"a1");
+        assert_eq!(bob.skipped_len(), 0);
+    }
+
+    #[test]
+    fn state_round_trips_through_postcard() {
+        let (mut alice, _bob, mut rng) = pair(5);
+        alice.encrypt(&mut rng, AD, b"x").unwrap();
+        let bytes = snapshot(&alice);
+        let back: Ratchet = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, alice);
+    }
+}
