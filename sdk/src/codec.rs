@@ -82,15 +82,6 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
 
-    /// A field with a four-byte length prefix, capped at `max`.
-    pub(crate) fn bytes_u32(&mut self, max: usize) -> Result<&'a [u8], DecodeError> {
-        let len = usize::try_from(self.u32()?).unwrap_or(usize::MAX);
-        if len > max {
-            return Err(DecodeError::TooLong { len, max });
-        }
-        self.take(len)
-    }
-
     /// Everything that is left.
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
@@ -146,14 +137,6 @@ impl Writer {
         self
     }
 
-    /// A field with a four-byte length prefix.
-    pub(crate) fn bytes_u32(&mut self, v: &[u8]) -> &mut Self {
-        let len = u32::try_from(v.len()).unwrap_or(u32::MAX);
-        self.u32(len);
-        self.buf.extend_from_slice(&v[..len as usize]);
-        self
-    }
-
     pub(crate) fn into_vec(self) -> Vec<u8> {
         self.buf
     }
@@ -165,33 +148,24 @@ mod tests {
 
     #[test]
     fn reader_rejects_truncation_and_trailing_bytes() {
-        let mut r = Reader::new(&[0, 0, 0, 5, 1, 2]);
-        assert_eq!(r.bytes_u32(16), Err(DecodeError::Truncated));
+        let mut r = Reader::new(&[5, 1, 2]);
+        assert_eq!(r.bytes_u8(), Err(DecodeError::Truncated));
         let mut r = Reader::new(&[7, 8]);
         assert_eq!(r.u8(), Ok(7));
         assert_eq!(r.finish(), Err(DecodeError::TrailingBytes(1)));
     }
 
     #[test]
-    fn length_is_checked_before_allocation() {
-        let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(
-            r.bytes_u32(1024),
-            Err(DecodeError::TooLong { len: 0xffff_ffff, max: 1024 })
-        );
-    }
-
-    #[test]
     fn writer_round_trips() {
         let mut w = Writer::default();
-        w.u8(1).u32(2).u64(3).bytes_u8(b"abc").bytes_u32(b"defg");
+        w.u8(1).u32(2).u64(3).bytes_u8(b"abc").raw(b"defg");
         let bytes = w.into_vec();
         let mut r = Reader::new(&bytes);
         assert_eq!(r.u8(), Ok(1));
         assert_eq!(r.u32(), Ok(2));
         assert_eq!(r.u64(), Ok(3));
         assert_eq!(r.bytes_u8(), Ok(&b"abc"[..]));
-        assert_eq!(r.bytes_u32(4), Ok(&b"defg"[..]));
+        assert_eq!(r.rest(), &b"defg"[..]);
         assert_eq!(r.finish(), Ok(()));
     }
 }

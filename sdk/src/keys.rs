@@ -47,7 +47,7 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::secret::Secret32;
 
 pub use prekey::{OneTimePreKey, PreKeyBundle, PreKeyId, PreKeyKind, PreKeySettings, SignedPreKey};
-pub(crate) use prekey::{PreKeySecret, PreKeyState};
+pub(crate) use prekey::PreKeyState;
 
 /// Why a key, certificate or signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -10,3 +10,13 @@ mod secret;
 pub mod x3dh;
 
 pub use codec::DecodeError;
+pub mod fingerprint;
+mod manager;
+pub mod session;
+pub mod store;
+
+pub use keys::PreKeyBundle;
+pub use manager::{
+    Decrypted, Error, Event, IdentityChange, InboxMessage, MAX_ONE_TIME_PREKEYS_PER_BATCH, Received,
+    SessionManager,
+};

@@ -264,7 +264,7 @@ mod tests {
             signed_prekey: p.prekeys.current(PreKeyKind::Signed).unwrap().clone(),
             last_resort_prekey: p.prekeys.current(PreKeyKind::LastResort).unwrap().clone(),
             one_time_prekey: with_one_time
-                .then(|| OneTimePreKey { id: PreKeyId(77), key: p.one_time.1 }),
+                .then_some(OneTimePreKey { id: PreKeyId(77), key: p.one_time.1 }),
         }
     }
 

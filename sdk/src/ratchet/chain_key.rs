@@ -12,6 +12,9 @@ use crate::secret::Secret32;
 /// (and store as skipped) in one chain.
 pub const MAX_MESSAGE_GAP: u32 = 2_000;
 
+/// Skipped keys, the key of the wanted message, and the chain key after it.
+pub(crate) type Advance = (Vec<(u32, MessageKey)>, MessageKey, ChainKey);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ChainKey(Secret32);
 
@@ -45,7 +48,7 @@ impl ChainKey {
         &self,
         from: u32,
         to: u32,
-    ) -> Result<(Vec<(u32, MessageKey)>, MessageKey, ChainKey), RatchetError> {
+    ) -> Result<Advance, RatchetError> {
         let gap = to.checked_sub(from).ok_or(RatchetError::DuplicateOrExpired)?;
         if gap > MAX_MESSAGE_GAP {
             return Err(RatchetError::TooFarAhead { gap });

@@ -107,6 +107,7 @@ impl SkippedKeys {
     }
 
     /// Number of keys kept.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.chains.iter().map(|c| c.keys.len()).sum()
     }

@@ -1,0 +1,223 @@
+//! Sessions with one peer device.
+//!
+//! A [`Session`] is one Double Ratchet conversation agreed by X3DH. The
+//! initiator keeps sending the initial (prekey) form of its messages until the
+//! first reply arrives, because until then the responder may not have the session.
+//!
+//! Per peer device Hush keeps an **active** session plus up to
+//! [`MAX_PREVIOUS_SESSIONS`] previous ones, all tried on decrypt.
+//!
+//! ## Which session is active
+//! Sessions are ordered by `(created_at, base_key)`: the initiator's creation
+//! time from the initial header, then the initiator's base key as bytes. The
+//! greatest is active and is the one used to send. Both devices know both
+//! values of every session between them, so when both initiate at once they
+//! pick the same winner, and a message that arrives on the other session is
+//! decrypted without changing which session is active: no flip-flopping while
+//! messages cross. A newly initiated session (a re-key, or a peer that lost its
+//! state) is newer and takes over. The rule relies on roughly synchronised
+//! clocks only to order sessions created at clearly different times.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::keys::X25519PublicKey;
+use crate::ratchet::{Ratchet, RatchetError};
+use crate::secret::Secret32;
+use crate::x3dh::InitialHeader;
+
+/// Previous sessions kept per peer device besides the active one.
+pub const MAX_PREVIOUS_SESSIONS: usize = 4;
+
+/// A message of a session, as it travels between devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionMessage {
+    /// The first messages of a session, until the initiator sees a reply.
+    Initial {
+        /// The X3DH header.
+        header: Box<InitialHeader>,
+        /// The ratchet message.
+        message: Vec<u8>,
+    },
+    /// Every later message.
+    Normal(Vec<u8>),
+}
+
+impl SessionMessage {
+    /// Tag of an initial message (classical X3DH, version 1).
+    pub const TAG_INITIAL: u8 = 0x01;
+    /// Tag of a normal message.
+    pub const TAG_NORMAL: u8 = 0x02;
+
+    /// Encodes the message.
+    ///
+    /// | bytes | field |
+    /// |---|---|
+    /// | 1 | tag: 0x01 initial, 0x02 normal |
+    /// | var | initial only: the X3DH [`InitialHeader`] |
+    /// | rest | the ratchet message (header, then ciphertext and tag) |
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Initial { header, message } => {
+                let mut w = Writer::with_capacity(300 + message.len());
+                w.u8(Self::TAG_INITIAL);
+                header.encode(&mut w);
+                w.raw(message);
+                w.into_vec()
+            }
+            Self::Normal(message) => {
+                let mut w = Writer::with_capacity(1 + message.len());
+                w.u8(Self::TAG_NORMAL).raw(message);
+                w.into_vec()
+            }
+        }
+    }
+
+    /// Decodes a message.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] for malformed input.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        match r.u8()? {
+            Self::TAG_INITIAL => {
+                let header = Box::new(InitialHeader::decode(&mut r)?);
+                Ok(Self::Initial { header, message: r.rest().to_vec() })
+            }
+            Self::TAG_NORMAL => Ok(Self::Normal(r.rest().to_vec())),
+            t => Err(DecodeError::UnknownTag(t)),
+        }
+    }
+}
+
+/// One Double Ratchet session with one peer device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    ratchet: Ratchet,
+    associated_data: Vec<u8>,
+    base_key: X25519PublicKey,
+    created_at: u64,
+    /// The initiator's header, repeated on every message until a reply arrives.
+    pending: Option<InitialHeader>,
+}
+
+impl Session {
+    pub(crate) fn initiator<R: rand_core::CryptoRng + ?Sized>(
+        rng: &mut R,
+        header: InitialHeader,
+        shared_secret: Secret32,
+        associated_data: Vec<u8>,
+        remote_ratchet_key: X25519PublicKey,
+    ) -> Self {
+        Self {
+            ratchet: Ratchet::initiator(rng, shared_secret, remote_ratchet_key),
+            associated_data,
+            base_key: header.base_key,
+            created_at: header.created_at,
+            pending: Some(header),
+        }
+    }
+
+    pub(crate) fn responder(
+        header: &InitialHeader,
+        shared_secret: Secret32,
+        associated_data: Vec<u8>,
+        prekey_secret: Secret32,
+        prekey_public: X25519PublicKey,
+    ) -> Self {
+        Self {
+            ratchet: Ratchet::responder(shared_secret, prekey_secret, prekey_public),
+            associated_data,
+            base_key: header.base_key,
+            created_at: header.created_at,
+            pending: None,
+        }
+    }
+
+    /// The initiator's base key, which names the session on both sides.
+    pub fn base_key(&self) -> &X25519PublicKey {
+        &self.base_key
+    }
+
+    /// When the initiator created the session.
+    pub fn created_at(&self) -> u64 {
+        self.created_at
+    }
+
+    /// Whether messages are still sent in the initial form.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn order_key(&self) -> (u64, [u8; 32]) {
+        (self.created_at, self.base_key.to_bytes())
+    }
+
+    pub(crate) fn encrypt<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        plaintext: &[u8],
+    ) -> Result<SessionMessage, RatchetError> {
+        let message = self.ratchet.encrypt(rng, &self.associated_data, plaintext)?;
+        Ok(match &self.pending {
+            Some(header) => SessionMessage::Initial { header: Box::new(header.clone()), message },
+            None => SessionMessage::Normal(message),
+        })
+    }
+
+    /// Decrypts a ratchet message; on error nothing changes.
+    pub(crate) fn decrypt(&mut self, message: &[u8], now: u64) -> Result<Vec<u8>, RatchetError> {
+        let plaintext = self.ratchet.decrypt(&self.associated_data, message, now)?;
+        self.pending = None;
+        Ok(plaintext)
+    }
+}
+
+/// All sessions with one peer device: the active one first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PeerSessions {
+    sessions: Vec<Session>,
+}
+
+impl PeerSessions {
+    /// Adds a session and re-establishes the order; the oldest beyond the cap is dropped.
+    pub(crate) fn insert(&mut self, session: Session) {
+        self.sessions.push(session);
+        self.sessions.sort_by_key(|s| std::cmp::Reverse(s.order_key()));
+        self.sessions.truncate(1 + MAX_PREVIOUS_SESSIONS);
+    }
+
+    pub(crate) fn active_mut(&mut self) -> Option<&mut Session> {
+        self.sessions.first_mut()
+    }
+
+    pub(crate) fn active(&self) -> Option<&Session> {
+        self.sessions.first()
+    }
+
+    pub(crate) fn by_base_key_mut(&mut self, base_key: &X25519PublicKey) -> Option<&mut Session> {
+        self.sessions.iter_mut().find(|s| &s.base_key == base_key)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Tries every session in order; the first that authenticates the message wins.
+    pub(crate) fn decrypt(&mut self, message: &[u8], now: u64) -> Result<Vec<u8>, RatchetError> {
+        let mut first_error = None;
+        for session in &mut self.sessions {
+            match session.decrypt(message, now) {
+                Ok(plaintext) => return Ok(plaintext),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or(RatchetError::AuthenticationFailed))
+    }
+}
