@@ -11,6 +11,8 @@ pub mod x3dh;
 
 pub use codec::DecodeError;
 pub mod fingerprint;
+#[cfg(feature = "hazmat")]
+pub mod hazmat;
 mod manager;
 pub mod session;
 pub mod store;

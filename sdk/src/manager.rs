@@ -627,15 +627,7 @@ impl<S: Store> SessionManager<S> {
     ) -> Result<Vec<Event>, Error> {
         let peer = bundle.address().clone();
         let new_identity = self.check_identity(&peer.user, &bundle.identity, now)?;
-        let (header, agreement, remote_ratchet_key) =
-            x3dh::initiate(rng, &self.identity, &self.certificate, bundle, now)?;
-        let session = Session::initiator(
-            rng,
-            header,
-            agreement.shared_secret,
-            agreement.associated_data,
-            remote_ratchet_key,
-        );
+        let session = self.initiate_aside(rng, bundle, now)?;
         let mut sessions: PeerSessions =
             self.load(Table::Sessions, &peer.to_bytes())?.unwrap_or_default();
         sessions.insert(session);
@@ -651,6 +643,41 @@ impl<S: Store> SessionManager<S> {
         let batch = changes.batch;
         self.store.apply(batch)?;
         Ok(events)
+    }
+
+    pub(crate) fn initiate_aside<R: rand_core::CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        bundle: &PreKeyBundle,
+        now: u64,
+    ) -> Result<Session, Error> {
+        let (header, agreement, remote_ratchet_key) =
+            x3dh::initiate(rng, &self.identity, &self.certificate, bundle, now)?;
+        Ok(Session::initiator(
+            rng,
+            header,
+            agreement.shared_secret,
+            agreement.associated_data,
+            remote_ratchet_key,
+        ))
+    }
+
+    #[cfg(feature = "hazmat")]
+    pub(crate) fn respond_aside<R: rand_core::CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<(Session, Vec<u8>), Error> {
+        match SessionMessage::from_bytes(bytes)? {
+            SessionMessage::Initial { header, message } => {
+                let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+                let mut session = self.respond(&mut changes, &header)?;
+                let plaintext = session.decrypt(&message, now)?;
+                Ok((session, plaintext))
+            }
+            SessionMessage::Normal(_) => Err(Error::Decode(DecodeError::UnknownTag(SessionMessage::TAG_NORMAL))),
+        }
     }
 
     /// Encrypts for `peer` on the active session. The advanced state is
