@@ -28,10 +28,10 @@ pub fn encrypt<R: rand_core::CryptoRng + ?Sized>(
 /// # Errors
 /// Decode and ratchet errors; the session is then unchanged.
 pub fn decrypt(session: &mut Session, bytes: &[u8], now: u64) -> Result<Vec<u8>, Error> {
-    let message = match SessionMessage::from_bytes(bytes)? {
-        SessionMessage::Initial { message, .. } | SessionMessage::Normal(message) => message,
-    };
-    Ok(session.decrypt(&message, now)?)
+    Ok(match SessionMessage::from_bytes(bytes)? {
+        SessionMessage::Initial { header, message } => session.decrypt(Some(&header), &message, now)?,
+        SessionMessage::Normal(message) => session.decrypt(None, &message, now)?,
+    })
 }
 
 impl<S: Store> SessionManager<S> {

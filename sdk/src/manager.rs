@@ -673,7 +673,7 @@ impl<S: Store> SessionManager<S> {
             SessionMessage::Initial { header, message } => {
                 let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
                 let mut session = self.respond(&mut changes, &header)?;
-                let plaintext = session.decrypt(&message, now)?;
+                let plaintext = session.decrypt(Some(&header), &message, now)?;
                 Ok((session, plaintext))
             }
             SessionMessage::Normal(_) => Err(Error::Decode(DecodeError::UnknownTag(SessionMessage::TAG_NORMAL))),
@@ -841,10 +841,10 @@ impl<S: Store> SessionManager<S> {
                 }
                 match sessions.by_base_key_mut(&header.base_key) {
                     // A repeat of an initial message: the session exists already.
-                    Some(session) => session.decrypt(&message, now)?,
+                    Some(session) => session.decrypt(Some(&header), &message, now)?,
                     None => {
                         let mut session = self.respond(changes, &header)?;
-                        let plaintext = session.decrypt(&message, now)?;
+                        let plaintext = session.decrypt(Some(&header), &message, now)?;
                         sessions.insert(session);
                         if let Some(record) = new_identity {
                             changes.put(Table::Identities, sender.user.as_str().as_bytes(), &record)?;

@@ -344,4 +344,80 @@ mod tests {
         let back: Ratchet = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, alice);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Send(bool),
+            Deliver(usize),
+            Drop(usize),
+            Replay(usize),
+            Tamper(usize, usize, u8),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => any::<bool>().prop_map(Step::Send),
+                4 => any::<usize>().prop_map(Step::Deliver),
+                1 => any::<usize>().prop_map(Step::Drop),
+                1 => any::<usize>().prop_map(Step::Replay),
+                2 => (any::<usize>(), any::<usize>(), 1..=255u8).prop_map(|(i, a, x)| Step::Tamper(i, a, x)),
+            ]
+        }
+
+        proptest! {
+            /// In the ratchet itself (no store around it): any failed decrypt —
+            /// replay or tampered byte — leaves the serialized state identical,
+            /// and every delivered message decrypts once to its plaintext.
+            #[test]
+            fn failed_decrypts_never_change_the_ratchet(seed in any::<u8>(), steps in prop::collection::vec(step(), 1..80)) {
+                let (mut alice, mut bob, mut rng) = pair(seed);
+                let mut bob_can_send = false;
+                let mut flight: Vec<(bool, Vec<u8>, Vec<u8>)> = Vec::new();
+                let mut done: Vec<(bool, Vec<u8>)> = Vec::new();
+                let mut n = 0u32;
+                for s in steps {
+                    match s {
+                        Step::Send(from_alice) => {
+                            if !from_alice && !bob_can_send { continue; }
+                            n += 1;
+                            let pt = n.to_be_bytes().to_vec();
+                            let sender = if from_alice { &mut alice } else { &mut bob };
+                            flight.push((from_alice, sender.encrypt(&mut rng, AD, &pt).unwrap(), pt));
+                        }
+                        Step::Deliver(i) if !flight.is_empty() => {
+                            let (from_alice, wire, pt) = flight.remove(i % flight.len());
+                            let receiver = if from_alice { &mut bob } else { &mut alice };
+                            prop_assert_eq!(receiver.decrypt(AD, &wire, 0).unwrap(), pt);
+                            bob_can_send |= from_alice;
+                            done.push((from_alice, wire));
+                        }
+                        Step::Drop(i) if !flight.is_empty() => { flight.remove(i % flight.len()); }
+                        Step::Replay(i) if !done.is_empty() => {
+                            let (from_alice, wire) = done[i % done.len()].clone();
+                            let receiver = if from_alice { &mut bob } else { &mut alice };
+                            let before = snapshot(receiver);
+                            prop_assert!(receiver.decrypt(AD, &wire, 0).is_err());
+                            prop_assert_eq!(before, snapshot(receiver));
+                        }
+                        Step::Tamper(i, at, x) if !flight.is_empty() => {
+                            let (from_alice, wire, _) = &flight[i % flight.len()];
+                            let mut wire = wire.clone();
+                            let at = at % wire.len();
+                            wire[at] ^= x;
+                            let receiver = if *from_alice { &mut bob } else { &mut alice };
+                            let before = snapshot(receiver);
+                            prop_assert!(receiver.decrypt(AD, &wire, 0).is_err());
+                            prop_assert_eq!(before, snapshot(receiver));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
 }

@@ -18,6 +18,8 @@
 //! state) is newer and takes over. The rule relies on roughly synchronised
 //! clocks only to order sessions created at clearly different times.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{DecodeError, Reader, Writer};
@@ -158,18 +160,40 @@ impl Session {
         rng: &mut R,
         plaintext: &[u8],
     ) -> Result<SessionMessage, RatchetError> {
-        let message = self.ratchet.encrypt(rng, &self.associated_data, plaintext)?;
+        let ad = message_ad(&self.associated_data, self.pending.as_ref());
+        let message = self.ratchet.encrypt(rng, &ad, plaintext)?;
         Ok(match &self.pending {
             Some(header) => SessionMessage::Initial { header: Box::new(header.clone()), message },
             None => SessionMessage::Normal(message),
         })
     }
 
-    /// Decrypts a ratchet message; on error nothing changes.
-    pub(crate) fn decrypt(&mut self, message: &[u8], now: u64) -> Result<Vec<u8>, RatchetError> {
-        let plaintext = self.ratchet.decrypt(&self.associated_data, message, now)?;
+    /// Decrypts a ratchet message (with the X3DH header it came with, for an
+    /// initial message); on error nothing changes.
+    pub(crate) fn decrypt(
+        &mut self,
+        initial: Option<&InitialHeader>,
+        message: &[u8],
+        now: u64,
+    ) -> Result<Vec<u8>, RatchetError> {
+        let ad = message_ad(&self.associated_data, initial);
+        let plaintext = self.ratchet.decrypt(&ad, message, now)?;
         self.pending = None;
         Ok(plaintext)
+    }
+}
+
+/// The associated data of a message: the session's AD, followed by the
+/// encoded X3DH header when the message is in the initial form, so that no
+/// byte of an initial message can be altered unnoticed.
+fn message_ad<'a>(session_ad: &'a [u8], initial: Option<&InitialHeader>) -> Cow<'a, [u8]> {
+    match initial {
+        None => Cow::Borrowed(session_ad),
+        Some(header) => {
+            let mut ad = session_ad.to_vec();
+            ad.extend_from_slice(&header.to_bytes());
+            Cow::Owned(ad)
+        }
     }
 }
 
@@ -211,7 +235,7 @@ impl PeerSessions {
     pub(crate) fn decrypt(&mut self, message: &[u8], now: u64) -> Result<Vec<u8>, RatchetError> {
         let mut first_error = None;
         for session in &mut self.sessions {
-            match session.decrypt(message, now) {
+            match session.decrypt(None, message, now) {
                 Ok(plaintext) => return Ok(plaintext),
                 Err(e) => {
                     first_error.get_or_insert(e);
