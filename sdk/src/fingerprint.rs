@@ -104,7 +104,10 @@ impl SafetyNumber {
     /// The digits in 12 groups of 5, for display.
     pub fn display_groups(&self) -> Vec<String> {
         let d = self.digits();
-        d.as_bytes().chunks(5).map(|c| String::from_utf8_lossy(c).into_owned()).collect()
+        d.as_bytes()
+            .chunks(5)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect()
     }
 
     /// `version || own fingerprint || peer fingerprint` for a QR code.
@@ -129,7 +132,9 @@ impl SafetyNumber {
         let theirs: [u8; FINGERPRINT_LEN] = r.array()?;
         let ours: [u8; FINGERPRINT_LEN] = r.array()?;
         r.finish()?;
-        Ok(bool::from(theirs.ct_eq(&self.remote) & ours.ct_eq(&self.local)))
+        Ok(bool::from(
+            theirs.ct_eq(&self.remote) & ours.ct_eq(&self.local),
+        ))
     }
 }
 
@@ -157,7 +162,10 @@ mod tests {
         let ac = SafetyNumber::new(&ua, &a, &ub, &c);
         assert_ne!(ab.digits(), ac.digits());
         assert!(ab.matches_qr(&ba.qr_payload()).unwrap());
-        assert!(!ab.matches_qr(&ab.qr_payload()).unwrap(), "own code is not the peer's");
+        assert!(
+            !ab.matches_qr(&ab.qr_payload()).unwrap(),
+            "own code is not the peer's"
+        );
         assert!(!ac.matches_qr(&ba.qr_payload()).unwrap());
         assert!(ab.matches_qr(&ba.qr_payload()[..40]).is_err());
     }

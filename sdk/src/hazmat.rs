@@ -4,11 +4,11 @@
 //! then dropped re-uses message keys the next time. Applications use
 //! [`SessionManager`](crate::SessionManager), which commits every change.
 
+use crate::SessionManager;
 use crate::keys::PreKeyBundle;
 use crate::manager::Error;
 use crate::session::{Session, SessionMessage};
 use crate::store::Store;
-use crate::SessionManager;
 
 /// Encrypts on a detached session and returns the [`SessionMessage`] bytes.
 ///
@@ -29,7 +29,9 @@ pub fn encrypt<R: rand_core::CryptoRng + ?Sized>(
 /// Decode and ratchet errors; the session is then unchanged.
 pub fn decrypt(session: &mut Session, bytes: &[u8], now: u64) -> Result<Vec<u8>, Error> {
     Ok(match SessionMessage::from_bytes(bytes)? {
-        SessionMessage::Initial { header, message } => session.decrypt(Some(&header), &message, now)?,
+        SessionMessage::Initial { header, message } => {
+            session.decrypt(Some(&header), &message, now)?
+        }
         SessionMessage::Normal(message) => session.decrypt(None, &message, now)?,
     })
 }

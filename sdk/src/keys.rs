@@ -46,8 +46,8 @@ use zeroize::Zeroize;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::secret::Secret32;
 
-pub use prekey::{OneTimePreKey, PreKeyBundle, PreKeyId, PreKeyKind, PreKeySettings, SignedPreKey};
 pub(crate) use prekey::PreKeyState;
+pub use prekey::{OneTimePreKey, PreKeyBundle, PreKeyId, PreKeyKind, PreKeySettings, SignedPreKey};
 
 /// Why a key, certificate or signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -195,7 +195,10 @@ impl DeviceAddress {
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Self { user: UserId::decode(r)?, device: DeviceId(r.u32()?) })
+        Ok(Self {
+            user: UserId::decode(r)?,
+            device: DeviceId(r.u32()?),
+        })
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
@@ -228,7 +231,8 @@ fn verify(
     signature: &[u8; 64],
 ) -> Result<(), KeyError> {
     let sig = Signature::from_bytes(signature);
-    key.verify_strict(&label.message(payload), &sig).map_err(|_| KeyError::BadSignature(label))
+    key.verify_strict(&label.message(payload), &sig)
+        .map_err(|_| KeyError::BadSignature(label))
 }
 
 /// The public half of an account identity.
@@ -300,12 +304,16 @@ impl IdentityKeyPair {
     /// Makes a new account identity.
     pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> Self {
         let seed = Secret32::random(rng);
-        Self { signing: SigningKey::from_bytes(seed.as_bytes()) }
+        Self {
+            signing: SigningKey::from_bytes(seed.as_bytes()),
+        }
     }
 
     /// Restores an identity from its 32-byte seed.
     pub(crate) fn from_seed(seed: &Secret32) -> Self {
-        Self { signing: SigningKey::from_bytes(seed.as_bytes()) }
+        Self {
+            signing: SigningKey::from_bytes(seed.as_bytes()),
+        }
     }
 
     pub(crate) fn seed(&self) -> Secret32 {
@@ -350,7 +358,9 @@ impl IdentityKeyPair {
 
 impl fmt::Debug for IdentityKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdentityKeyPair").field("public", &self.public_key()).finish_non_exhaustive()
+        f.debug_struct("IdentityKeyPair")
+            .field("public", &self.public_key())
+            .finish_non_exhaustive()
     }
 }
 
@@ -395,11 +405,15 @@ impl DeviceAuthKeyPair {
     /// Makes a new device auth key.
     pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> Self {
         let seed = Secret32::random(rng);
-        Self { signing: SigningKey::from_bytes(seed.as_bytes()) }
+        Self {
+            signing: SigningKey::from_bytes(seed.as_bytes()),
+        }
     }
 
     pub(crate) fn from_seed(seed: &Secret32) -> Self {
-        Self { signing: SigningKey::from_bytes(seed.as_bytes()) }
+        Self {
+            signing: SigningKey::from_bytes(seed.as_bytes()),
+        }
     }
 
     pub(crate) fn seed(&self) -> Secret32 {
@@ -419,7 +433,9 @@ impl DeviceAuthKeyPair {
 
 impl fmt::Debug for DeviceAuthKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceAuthKeyPair").field("public", &self.public_key()).finish_non_exhaustive()
+        f.debug_struct("DeviceAuthKeyPair")
+            .field("public", &self.public_key())
+            .finish_non_exhaustive()
     }
 }
 
@@ -465,7 +481,11 @@ impl DeviceCertificate {
     /// # Errors
     /// [`KeyError::BadSignature`] if the account identity did not sign it.
     pub fn verify(&self, identity: &IdentityKey) -> Result<(), KeyError> {
-        identity.verify(SignatureLabel::DeviceCertificate, &self.signed_payload(), &self.signature)
+        identity.verify(
+            SignatureLabel::DeviceCertificate,
+            &self.signed_payload(),
+            &self.signature,
+        )
     }
 
     /// Checks the signature and that the certificate is for `expected`.
@@ -502,7 +522,9 @@ impl DeviceCertificate {
     pub(crate) fn encode(&self, w: &mut Writer) {
         w.u8(Self::VERSION);
         self.address.encode(w);
-        w.raw(&self.auth_key.to_bytes()).u64(self.created_at).raw(&self.signature);
+        w.raw(&self.auth_key.to_bytes())
+            .u64(self.created_at)
+            .raw(&self.signature);
     }
 
     /// Decodes a certificate (the signature is not checked here).
@@ -526,7 +548,12 @@ impl DeviceCertificate {
             DeviceAuthKey::from_bytes(&r.array()?).map_err(|_| DecodeError::InvalidKey)?;
         let created_at = r.u64()?;
         let signature = r.array()?;
-        Ok(Self { address, auth_key, created_at, signature })
+        Ok(Self {
+            address,
+            auth_key,
+            created_at,
+            signature,
+        })
     }
 }
 
@@ -677,8 +704,9 @@ mod tests {
         high_bit[31] |= 0x80;
         assert!(X25519PublicKey::from_bytes(&high_bit).is_err());
         // A point of order 8 (from the well-known list of small-order points).
-        let order8 = hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
-            .unwrap();
+        let order8 =
+            hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+                .unwrap();
         let order8: [u8; 32] = order8.try_into().unwrap();
         assert!(X25519PublicKey::from_bytes(&order8).is_err());
         // An ordinary key passes.
@@ -691,12 +719,18 @@ mod tests {
         // The identity point (y = 1) is of small order.
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        assert_eq!(IdentityKey::from_bytes(&identity), Err(KeyError::InvalidPublicKey));
+        assert_eq!(
+            IdentityKey::from_bytes(&identity),
+            Err(KeyError::InvalidPublicKey)
+        );
         // y = p + 1 is a non-canonical encoding of the same point.
         let mut non_canonical = [0xffu8; 32];
         non_canonical[31] = 0x7f;
         non_canonical[0] = 0xee;
-        assert_eq!(IdentityKey::from_bytes(&non_canonical), Err(KeyError::InvalidPublicKey));
+        assert_eq!(
+            IdentityKey::from_bytes(&non_canonical),
+            Err(KeyError::InvalidPublicKey)
+        );
         let good = IdentityKeyPair::generate(&mut rng()).public_key();
         assert_eq!(IdentityKey::from_bytes(&good.to_bytes()), Ok(good));
     }
@@ -713,7 +747,10 @@ mod tests {
         assert!(cert.verify_for(&id.public_key(), &addr).is_ok());
         assert!(cert.verify(&other.public_key()).is_err());
         let elsewhere = DeviceAddress::new(user, DeviceId(4));
-        assert_eq!(cert.verify_for(&id.public_key(), &elsewhere), Err(KeyError::WrongDevice));
+        assert_eq!(
+            cert.verify_for(&id.public_key(), &elsewhere),
+            Err(KeyError::WrongDevice)
+        );
         let decoded = DeviceCertificate::from_bytes(&cert.to_bytes()).unwrap();
         assert_eq!(decoded, cert);
         let mut tampered = cert.to_bytes();
@@ -728,7 +765,10 @@ mod tests {
         let id = IdentityKeyPair::generate(&mut rng());
         let sig = id.sign(SignatureLabel::SignedPreKey, b"payload");
         let pk = id.public_key();
-        assert!(pk.verify(SignatureLabel::SignedPreKey, b"payload", &sig).is_ok());
+        assert!(
+            pk.verify(SignatureLabel::SignedPreKey, b"payload", &sig)
+                .is_ok()
+        );
         assert_eq!(
             pk.verify(SignatureLabel::LastResortPreKey, b"payload", &sig),
             Err(KeyError::BadSignature(SignatureLabel::LastResortPreKey))

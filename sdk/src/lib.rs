@@ -1,7 +1,15 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests"))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        reason = "tests"
+    )
+)]
 
 mod codec;
 pub mod keys;
@@ -19,6 +27,9 @@ pub mod store;
 
 pub use keys::PreKeyBundle;
 pub use manager::{
-    Decrypted, Error, Event, IdentityChange, InboxMessage, MAX_ONE_TIME_PREKEYS_PER_BATCH, Received,
-    SessionManager,
+    Decrypted, Error, Event, IdentityChange, InboxMessage, MAX_ONE_TIME_PREKEYS_PER_BATCH,
+    Received, SessionManager,
 };
+
+#[cfg(test)]
+mod vectors;

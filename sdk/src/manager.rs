@@ -277,7 +277,10 @@ impl<S: Store> SessionManager<S> {
     /// # Errors
     /// [`StoreError::AccountExists`] if the store already holds an account,
     /// or a store error.
-    #[allow(clippy::too_many_arguments, reason = "each argument is a distinct input of device creation")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each argument is a distinct input of device creation"
+    )]
     pub fn create<R: rand_core::CryptoRng + ?Sized>(
         store: S,
         storage_key: &StorageKey,
@@ -295,9 +298,22 @@ impl<S: Store> SessionManager<S> {
         let vault = Vault::new(storage_key);
         let certificate = identity.certify_device(&user, device, &auth.public_key(), now);
         let prekeys = PreKeyState::new(rng, &identity, certificate.address(), settings, now);
-        let mut this = Self { store, vault, identity, auth, certificate, prekeys };
-        let mut changes = Changes { vault: &this.vault, rng, batch: Batch::new() };
-        changes.batch.put(Table::Meta, CHECK_ROW.to_vec(), this.vault.check_value());
+        let mut this = Self {
+            store,
+            vault,
+            identity,
+            auth,
+            certificate,
+            prekeys,
+        };
+        let mut changes = Changes {
+            vault: &this.vault,
+            rng,
+            batch: Batch::new(),
+        };
+        changes
+            .batch
+            .put(Table::Meta, CHECK_ROW.to_vec(), this.vault.check_value());
         changes.put(Table::Account, ACCOUNT_ROW, &this.account_record())?;
         let batch = changes.batch;
         this.store.apply(batch)?;
@@ -311,12 +327,16 @@ impl<S: Store> SessionManager<S> {
     /// for another storage key, [`StoreError::Corrupted`] for damaged data.
     pub fn open(store: S, storage_key: &StorageKey) -> Result<Self, Error> {
         let vault = Vault::new(storage_key);
-        let check = store.get(Table::Meta, CHECK_ROW)?.ok_or(StoreError::NoAccount)?;
+        let check = store
+            .get(Table::Meta, CHECK_ROW)?
+            .ok_or(StoreError::NoAccount)?;
         if !vault.matches_check(&check) {
             return Err(StoreError::WrongKey.into());
         }
         let row = vault.row_key(Table::Account, ACCOUNT_ROW);
-        let sealed = store.get(Table::Account, &row)?.ok_or(StoreError::Corrupted(Table::Account))?;
+        let sealed = store
+            .get(Table::Account, &row)?
+            .ok_or(StoreError::Corrupted(Table::Account))?;
         let record: AccountRecord = vault.open(Table::Account, &row, &sealed)?;
         Ok(Self {
             store,
@@ -419,7 +439,9 @@ impl<S: Store> SessionManager<S> {
         count: usize,
     ) -> Result<Vec<OneTimePreKey>, Error> {
         if count > MAX_ONE_TIME_PREKEYS_PER_BATCH {
-            return Err(Error::TooManyPreKeys { max: MAX_ONE_TIME_PREKEYS_PER_BATCH });
+            return Err(Error::TooManyPreKeys {
+                max: MAX_ONE_TIME_PREKEYS_PER_BATCH,
+            });
         }
         let mut prekeys = self.prekeys.clone();
         let mut out = Vec::with_capacity(count);
@@ -430,8 +452,15 @@ impl<S: Store> SessionManager<S> {
             out.push(OneTimePreKey { id, key });
             records.push(OneTimeRecord { id, secret });
         }
-        let account = AccountRecord { prekeys: prekeys.clone(), ..self.account_record() };
-        let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+        let account = AccountRecord {
+            prekeys: prekeys.clone(),
+            ..self.account_record()
+        };
+        let mut changes = Changes {
+            vault: &self.vault,
+            rng,
+            batch: Batch::new(),
+        };
         for r in &records {
             changes.put(Table::OneTimePreKeys, &r.id.0.to_be_bytes(), r)?;
         }
@@ -456,8 +485,15 @@ impl<S: Store> SessionManager<S> {
         let mut prekeys = self.prekeys.clone();
         let address = self.address().clone();
         let (rotated, dropped) = prekeys.rotate(rng, &self.identity, &address, now);
-        let account = AccountRecord { prekeys: prekeys.clone(), ..self.account_record() };
-        let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+        let account = AccountRecord {
+            prekeys: prekeys.clone(),
+            ..self.account_record()
+        };
+        let mut changes = Changes {
+            vault: &self.vault,
+            rng,
+            batch: Batch::new(),
+        };
         changes.put(Table::Account, ACCOUNT_ROW, &account)?;
         if !dropped.is_empty() {
             for (row, sealed) in self.store.scan(Table::LastResortReplay)? {
@@ -481,7 +517,9 @@ impl<S: Store> SessionManager<S> {
         if user == &self.address().user {
             return Ok(Some(self.identity.public_key()));
         }
-        Ok(self.load::<IdentityRecord>(Table::Identities, user.as_str().as_bytes())?.map(|r| r.identity))
+        Ok(self
+            .load::<IdentityRecord>(Table::Identities, user.as_str().as_bytes())?
+            .map(|r| r.identity))
     }
 
     /// Checks `identity` for `user` against the trusted one. `Ok(Some)` is a
@@ -499,7 +537,11 @@ impl<S: Store> SessionManager<S> {
                 trusted,
                 received: *identity,
             }))),
-            None => Ok(Some(IdentityRecord { user: user.clone(), identity: *identity, first_seen: now })),
+            None => Ok(Some(IdentityRecord {
+                user: user.clone(),
+                identity: *identity,
+                first_seen: now,
+            })),
         }
     }
 
@@ -515,14 +557,23 @@ impl<S: Store> SessionManager<S> {
         identity: &IdentityKey,
         now: u64,
     ) -> Result<(), Error> {
-        let devices: DevicesRecord =
-            self.load(Table::Devices, user.as_str().as_bytes())?.unwrap_or_default();
-        let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+        let devices: DevicesRecord = self
+            .load(Table::Devices, user.as_str().as_bytes())?
+            .unwrap_or_default();
+        let mut changes = Changes {
+            vault: &self.vault,
+            rng,
+            batch: Batch::new(),
+        };
         for cert in &devices.devices {
             changes.delete(Table::Sessions, &cert.address().to_bytes());
         }
         changes.delete(Table::Devices, user.as_str().as_bytes());
-        let record = IdentityRecord { user: user.clone(), identity: *identity, first_seen: now };
+        let record = IdentityRecord {
+            user: user.clone(),
+            identity: *identity,
+            first_seen: now,
+        };
         changes.put(Table::Identities, user.as_str().as_bytes(), &record)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
@@ -534,7 +585,10 @@ impl<S: Store> SessionManager<S> {
     /// # Errors
     /// A store error.
     pub fn known_devices(&self, user: &UserId) -> Result<Vec<DeviceCertificate>, Error> {
-        Ok(self.load::<DevicesRecord>(Table::Devices, user.as_str().as_bytes())?.unwrap_or_default().devices)
+        Ok(self
+            .load::<DevicesRecord>(Table::Devices, user.as_str().as_bytes())?
+            .unwrap_or_default()
+            .devices)
     }
 
     /// Records a device whose certificate verifies under the user's identity
@@ -579,7 +633,11 @@ impl<S: Store> SessionManager<S> {
             .trusted_identity(&address.user)?
             .ok_or_else(|| Error::UntrustedDevice(address.clone()))?;
         let mut events = Vec::new();
-        let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+        let mut changes = Changes {
+            vault: &self.vault,
+            rng,
+            batch: Batch::new(),
+        };
         self.note_device(&mut changes, &identity, certificate, &mut events)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
@@ -591,7 +649,9 @@ impl<S: Store> SessionManager<S> {
     /// # Errors
     /// A store error.
     pub fn has_session(&self, peer: &DeviceAddress) -> Result<bool, Error> {
-        Ok(self.load::<PeerSessions>(Table::Sessions, &peer.to_bytes())?.is_some_and(|s| !s.is_empty()))
+        Ok(self
+            .load::<PeerSessions>(Table::Sessions, &peer.to_bytes())?
+            .is_some_and(|s| !s.is_empty()))
     }
 
     /// The active session with `peer`, for inspection.
@@ -609,7 +669,9 @@ impl<S: Store> SessionManager<S> {
     /// # Errors
     /// A store error.
     pub fn session_count(&self, peer: &DeviceAddress) -> Result<usize, Error> {
-        Ok(self.load::<PeerSessions>(Table::Sessions, &peer.to_bytes())?.map_or(0, |s| s.len()))
+        Ok(self
+            .load::<PeerSessions>(Table::Sessions, &peer.to_bytes())?
+            .map_or(0, |s| s.len()))
     }
 
     /// Starts a session with the device of `bundle` (X3DH as initiator). The
@@ -628,17 +690,30 @@ impl<S: Store> SessionManager<S> {
         let peer = bundle.address().clone();
         let new_identity = self.check_identity(&peer.user, &bundle.identity, now)?;
         let session = self.initiate_aside(rng, bundle, now)?;
-        let mut sessions: PeerSessions =
-            self.load(Table::Sessions, &peer.to_bytes())?.unwrap_or_default();
+        let mut sessions: PeerSessions = self
+            .load(Table::Sessions, &peer.to_bytes())?
+            .unwrap_or_default();
         sessions.insert(session);
 
         let mut events = Vec::new();
-        let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+        let mut changes = Changes {
+            vault: &self.vault,
+            rng,
+            batch: Batch::new(),
+        };
         if let Some(record) = new_identity {
             changes.put(Table::Identities, peer.user.as_str().as_bytes(), &record)?;
-            events.push(Event::IdentityTrusted { user: peer.user.clone(), identity: record.identity });
+            events.push(Event::IdentityTrusted {
+                user: peer.user.clone(),
+                identity: record.identity,
+            });
         }
-        self.note_device(&mut changes, &bundle.identity, &bundle.certificate, &mut events)?;
+        self.note_device(
+            &mut changes,
+            &bundle.identity,
+            &bundle.certificate,
+            &mut events,
+        )?;
         changes.put(Table::Sessions, &peer.to_bytes(), &sessions)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
@@ -659,7 +734,7 @@ impl<S: Store> SessionManager<S> {
             agreement.shared_secret,
             agreement.associated_data,
             remote_ratchet_key,
-        ))
+        )?)
     }
 
     #[cfg(feature = "hazmat")]
@@ -671,12 +746,18 @@ impl<S: Store> SessionManager<S> {
     ) -> Result<(Session, Vec<u8>), Error> {
         match SessionMessage::from_bytes(bytes)? {
             SessionMessage::Initial { header, message } => {
-                let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+                let mut changes = Changes {
+                    vault: &self.vault,
+                    rng,
+                    batch: Batch::new(),
+                };
                 let mut session = self.respond(&mut changes, &header)?;
                 let plaintext = session.decrypt(Some(&header), &message, now)?;
                 Ok((session, plaintext))
             }
-            SessionMessage::Normal(_) => Err(Error::Decode(DecodeError::UnknownTag(SessionMessage::TAG_NORMAL))),
+            SessionMessage::Normal(_) => Err(Error::Decode(DecodeError::UnknownTag(
+                SessionMessage::TAG_NORMAL,
+            ))),
         }
     }
 
@@ -694,11 +775,18 @@ impl<S: Store> SessionManager<S> {
         _now: u64,
     ) -> Result<Vec<u8>, Error> {
         let id = peer.to_bytes();
-        let mut sessions: PeerSessions =
-            self.load(Table::Sessions, &id)?.ok_or_else(|| Error::NoSession(peer.clone()))?;
-        let session = sessions.active_mut().ok_or_else(|| Error::NoSession(peer.clone()))?;
+        let mut sessions: PeerSessions = self
+            .load(Table::Sessions, &id)?
+            .ok_or_else(|| Error::NoSession(peer.clone()))?;
+        let session = sessions
+            .active_mut()
+            .ok_or_else(|| Error::NoSession(peer.clone()))?;
         let message = session.encrypt(rng, plaintext)?;
-        let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+        let mut changes = Changes {
+            vault: &self.vault,
+            rng,
+            batch: Batch::new(),
+        };
         changes.put(Table::Sessions, &id, &sessions)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
@@ -718,7 +806,11 @@ impl<S: Store> SessionManager<S> {
         bytes: &[u8],
         now: u64,
     ) -> Result<Decrypted, Error> {
-        let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+        let mut changes = Changes {
+            vault: &self.vault,
+            rng,
+            batch: Batch::new(),
+        };
         let (plaintext, events) = self.decrypt_aside(&mut changes, sender, bytes, now)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
@@ -740,13 +832,22 @@ impl<S: Store> SessionManager<S> {
         bytes: &[u8],
         now: u64,
     ) -> Result<Received, Error> {
-        if self.load::<ProcessedRecord>(Table::Processed, envelope_id)?.is_some() {
-            return Ok(match self.load::<InboxMessage>(Table::Inbox, envelope_id)? {
-                Some(message) => Received::Unconfirmed(message),
-                None => Received::AlreadyConfirmed,
-            });
+        if self
+            .load::<ProcessedRecord>(Table::Processed, envelope_id)?
+            .is_some()
+        {
+            return Ok(
+                match self.load::<InboxMessage>(Table::Inbox, envelope_id)? {
+                    Some(message) => Received::Unconfirmed(message),
+                    None => Received::AlreadyConfirmed,
+                },
+            );
         }
-        let mut changes = Changes { vault: &self.vault, rng, batch: Batch::new() };
+        let mut changes = Changes {
+            vault: &self.vault,
+            rng,
+            batch: Batch::new(),
+        };
         let (plaintext, events) = self.decrypt_aside(&mut changes, sender, bytes, now)?;
         let message = InboxMessage {
             envelope_id: envelope_id.to_vec(),
@@ -768,7 +869,10 @@ impl<S: Store> SessionManager<S> {
     pub fn inbox(&self) -> Result<Vec<InboxMessage>, Error> {
         let mut out = Vec::new();
         for (row, sealed) in self.store.scan(Table::Inbox)? {
-            out.push(self.vault.open::<InboxMessage>(Table::Inbox, &row, &sealed)?);
+            out.push(
+                self.vault
+                    .open::<InboxMessage>(Table::Inbox, &row, &sealed)?,
+            );
         }
         out.sort_by_key(|m| m.received_at);
         Ok(out)
@@ -810,7 +914,12 @@ impl<S: Store> SessionManager<S> {
     /// [`Error::NoSession`] style absence is reported as `Ok(None)`; store errors.
     pub fn safety_number(&self, user: &UserId) -> Result<Option<SafetyNumber>, Error> {
         Ok(self.trusted_identity(user)?.map(|remote| {
-            SafetyNumber::new(&self.address().user, &self.identity.public_key(), user, &remote)
+            SafetyNumber::new(
+                &self.address().user,
+                &self.identity.public_key(),
+                user,
+                &remote,
+            )
         }))
     }
 
@@ -847,13 +956,22 @@ impl<S: Store> SessionManager<S> {
                         let plaintext = session.decrypt(Some(&header), &message, now)?;
                         sessions.insert(session);
                         if let Some(record) = new_identity {
-                            changes.put(Table::Identities, sender.user.as_str().as_bytes(), &record)?;
+                            changes.put(
+                                Table::Identities,
+                                sender.user.as_str().as_bytes(),
+                                &record,
+                            )?;
                             events.push(Event::IdentityTrusted {
                                 user: sender.user.clone(),
                                 identity: record.identity,
                             });
                         }
-                        self.note_device(changes, &header.identity, &header.certificate, &mut events)?;
+                        self.note_device(
+                            changes,
+                            &header.identity,
+                            &header.certificate,
+                            &mut events,
+                        )?;
                         plaintext
                     }
                 }
@@ -888,10 +1006,16 @@ impl<S: Store> SessionManager<S> {
                     .find(PreKeyKind::LastResort, id)
                     .ok_or(Error::UnknownLastResortPreKey(id))?;
                 let replay = replay_id(id, &header.base_key);
-                if self.load::<ReplayRecord>(Table::LastResortReplay, &replay)?.is_some() {
+                if self
+                    .load::<ReplayRecord>(Table::LastResortReplay, &replay)?
+                    .is_some()
+                {
                     return Err(Error::ReplayedInitialMessage);
                 }
-                let record = ReplayRecord { last_resort: id, base_key: header.base_key };
+                let record = ReplayRecord {
+                    last_resort: id,
+                    base_key: header.base_key,
+                };
                 changes.put(Table::LastResortReplay, &replay, &record)?;
                 (medium, None)
             }

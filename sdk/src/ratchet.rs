@@ -25,12 +25,12 @@ use thiserror::Error;
 use crate::codec::DecodeError;
 use crate::keys::{KeyError, X25519PublicKey, diffie_hellman, generate_x25519};
 use crate::secret::Secret32;
-pub use chain_key::MAX_MESSAGE_GAP;
 use chain_key::ChainKey;
+pub use chain_key::MAX_MESSAGE_GAP;
 pub use message::{HEADER_LEN, RATCHET_VERSION, TAG_LEN};
 use message::{Header, Message};
-use receiver_chain::{ReceiverChain, SkippedKeys};
 pub use receiver_chain::{MAX_SKIPPED_PER_CHAIN, MAX_SKIPPED_TOTAL, SKIPPED_KEY_LIFETIME};
+use receiver_chain::{ReceiverChain, SkippedKeys};
 use root_key::RootKey;
 
 /// Why a ratchet message could not be encrypted or decrypted.
@@ -91,23 +91,29 @@ pub(crate) struct Ratchet {
 
 impl Ratchet {
     /// The initiator: knows the responder's prekey, which is the responder's
-    /// first ratchet key. Its first encrypt performs the first DH step.
+    /// first ratchet key, and performs the first DH step at once (Signal's
+    /// `RatchetInitAlice`).
     pub(crate) fn initiator<R: rand_core::CryptoRng + ?Sized>(
         rng: &mut R,
         shared_secret: Secret32,
         remote: X25519PublicKey,
-    ) -> Self {
+    ) -> Result<Self, RatchetError> {
         let (our_secret, our_public) = generate_x25519(rng);
-        Self {
-            root_key: RootKey::new(shared_secret),
+        let dh = diffie_hellman(&our_secret, &remote)?;
+        let (root_key, chain_key) = RootKey::new(shared_secret).advance(&dh);
+        Ok(Self {
+            root_key,
             our_secret,
             our_public,
-            sending: None,
+            sending: Some(SendingChain {
+                chain_key,
+                index: 0,
+            }),
             previous_sending_length: 0,
             remote: Some(remote),
             receiving: None,
             skipped: SkippedKeys::default(),
-        }
+        })
     }
 
     /// The responder: its prekey pair is its first ratchet key pair.
@@ -128,14 +134,12 @@ impl Ratchet {
         }
     }
 
-    /// Encrypts one message. The state advances; the caller must persist it
-    /// before it releases the ciphertext.
-    pub(crate) fn encrypt<R: rand_core::CryptoRng + ?Sized>(
+    /// Performs the pending DH step of the sending side, if any: a new ratchet
+    /// key pair, mixed with the peer's newest ratchet key into the root key.
+    pub(crate) fn ensure_sending_chain<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
-        associated_data: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, RatchetError> {
+    ) -> Result<(), RatchetError> {
         if self.sending.is_none() {
             let remote = self.remote.ok_or(RatchetError::NoSendingChain)?;
             let (secret, public) = generate_x25519(rng);
@@ -144,8 +148,23 @@ impl Ratchet {
             self.root_key = root;
             self.our_secret = secret;
             self.our_public = public;
-            self.sending = Some(SendingChain { chain_key, index: 0 });
+            self.sending = Some(SendingChain {
+                chain_key,
+                index: 0,
+            });
         }
+        Ok(())
+    }
+
+    /// Encrypts one message. The state advances; the caller must persist it
+    /// before it releases the ciphertext.
+    pub(crate) fn encrypt<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        associated_data: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, RatchetError> {
+        self.ensure_sending_chain(rng)?;
         let previous_length = self.previous_sending_length;
         let chain = self.sending.as_mut().ok_or(RatchetError::NoSendingChain)?;
         if chain.index == u32::MAX {
@@ -153,8 +172,12 @@ impl Ratchet {
         }
         let mut nonce = [0u8; 12];
         rng.fill_bytes(&mut nonce);
-        let header =
-            Header { ratchet_key: self.our_public, previous_length, index: chain.index, nonce };
+        let header = Header {
+            ratchet_key: self.our_public,
+            previous_length,
+            index: chain.index,
+            nonce,
+        };
         let header_bytes = header.to_bytes();
         let (message_key, next) = chain.chain_key.step();
         let mut aad = Vec::with_capacity(associated_data.len() + HEADER_LEN);
@@ -181,7 +204,8 @@ impl Ratchet {
         let mut aad = Vec::with_capacity(associated_data.len() + HEADER_LEN);
         aad.extend_from_slice(associated_data);
         aad.extend_from_slice(message.header_bytes);
-        let open = |key: &message_key::MessageKey| key.decrypt(&header.nonce, &aad, message.ciphertext);
+        let open =
+            |key: &message_key::MessageKey| key.decrypt(&header.nonce, &aad, message.ciphertext);
 
         // A key skipped earlier.
         if let Some(key) = self.skipped.get(&header.ratchet_key, header.index, now) {
@@ -191,7 +215,11 @@ impl Ratchet {
         }
 
         // The current receiving chain.
-        if let Some(chain) = self.receiving.as_ref().filter(|c| c.remote == header.ratchet_key) {
+        if let Some(chain) = self
+            .receiving
+            .as_ref()
+            .filter(|c| c.remote == header.ratchet_key)
+        {
             if header.index < chain.index {
                 return Err(RatchetError::DuplicateOrExpired);
             }
@@ -213,7 +241,9 @@ impl Ratchet {
 
         // A new remote ratchet key: a DH step, computed aside until it authenticates.
         let old_chain_rest = match &self.receiving {
-            Some(chain) => chain.chain_key.skip_to(chain.index, header.previous_length)?,
+            Some(chain) => chain
+                .chain_key
+                .skip_to(chain.index, header.previous_length)?,
             None => Vec::new(),
         };
         let dh = diffie_hellman(&self.our_secret, &header.ratchet_key)?;
@@ -236,6 +266,19 @@ impl Ratchet {
             self.previous_sending_length = sending.index;
         }
         Ok(plaintext)
+    }
+
+    /// The message key the next encrypt will use, if the sending chain exists.
+    #[cfg(test)]
+    pub(crate) fn next_message_key(&self) -> Option<Secret32> {
+        self.sending
+            .as_ref()
+            .map(|s| s.chain_key.step().0.as_secret().clone())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn root_key(&self) -> &Secret32 {
+        self.root_key.as_secret()
     }
 
     /// Whether the next encrypt performs a DH step.
@@ -263,7 +306,7 @@ mod tests {
         let mut rng = ChaCha20Rng::from_seed([seed; 32]);
         let sk = Secret32::new([seed; 32]);
         let (bob_secret, bob_public) = generate_x25519(&mut rng);
-        let alice = Ratchet::initiator(&mut rng, sk.clone(), bob_public);
+        let alice = Ratchet::initiator(&mut rng, sk.clone(), bob_public).unwrap();
         let bob = Ratchet::responder(sk, bob_secret, bob_public);
         (alice, bob, rng)
     }
@@ -275,13 +318,17 @@ mod tests {
     #[test]
     fn round_trip_with_dh_steps() {
         let (mut alice, mut bob, mut rng) = pair(1);
-        assert!(bob.encrypt(&mut rng, AD, b"x").is_err(), "responder cannot send first");
+        assert!(
+            bob.encrypt(&mut rng, AD, b"x").is_err(),
+            "responder cannot send first"
+        );
         for round in 0..4u8 {
             let m1 = alice.encrypt(&mut rng, AD, &[round; 10]).unwrap();
             let m2 = alice.encrypt(&mut rng, AD, &[round; 1]).unwrap();
             assert_eq!(bob.decrypt(AD, &m2, 0).unwrap(), vec![round; 1]);
             assert_eq!(bob.decrypt(AD, &m1, 0).unwrap(), vec![round; 10]);
             assert!(bob.will_step_on_send());
+            assert!(!alice.will_step_on_send());
             let r = bob.encrypt(&mut rng, AD, b"reply").unwrap();
             assert!(!bob.will_step_on_send());
             assert_eq!(alice.decrypt(AD, &r, 0).unwrap(), b"reply");
@@ -302,7 +349,10 @@ mod tests {
         assert!(bob.decrypt(b"other ad", &m, 0).is_err());
         assert_eq!(bob.decrypt(AD, &m, 0).unwrap(), b"hello");
         let before = snapshot(&bob);
-        assert_eq!(bob.decrypt(AD, &m, 0), Err(RatchetError::DuplicateOrExpired));
+        assert_eq!(
+            bob.decrypt(AD, &m, 0),
+            Err(RatchetError::DuplicateOrExpired)
+        );
         assert_eq!(before, snapshot(&bob));
     }
 
@@ -316,7 +366,10 @@ mod tests {
             last = alice.encrypt(&mut rng, AD, b"n").unwrap();
         }
         let before = snapshot(&bob);
-        assert!(matches!(bob.decrypt(AD, &last, 0), Err(RatchetError::TooFarAhead { .. })));
+        assert!(matches!(
+            bob.decrypt(AD, &last, 0),
+            Err(RatchetError::TooFarAhead { .. })
+        ));
         assert_eq!(before, snapshot(&bob));
     }
 

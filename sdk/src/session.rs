@@ -84,7 +84,10 @@ impl SessionMessage {
         match r.u8()? {
             Self::TAG_INITIAL => {
                 let header = Box::new(InitialHeader::decode(&mut r)?);
-                Ok(Self::Initial { header, message: r.rest().to_vec() })
+                Ok(Self::Initial {
+                    header,
+                    message: r.rest().to_vec(),
+                })
             }
             Self::TAG_NORMAL => Ok(Self::Normal(r.rest().to_vec())),
             t => Err(DecodeError::UnknownTag(t)),
@@ -110,14 +113,14 @@ impl Session {
         shared_secret: Secret32,
         associated_data: Vec<u8>,
         remote_ratchet_key: X25519PublicKey,
-    ) -> Self {
-        Self {
-            ratchet: Ratchet::initiator(rng, shared_secret, remote_ratchet_key),
+    ) -> Result<Self, RatchetError> {
+        Ok(Self {
+            ratchet: Ratchet::initiator(rng, shared_secret, remote_ratchet_key)?,
             associated_data,
             base_key: header.base_key,
             created_at: header.created_at,
             pending: Some(header),
-        }
+        })
     }
 
     pub(crate) fn responder(
@@ -163,7 +166,10 @@ impl Session {
         let ad = message_ad(&self.associated_data, self.pending.as_ref());
         let message = self.ratchet.encrypt(rng, &ad, plaintext)?;
         Ok(match &self.pending {
-            Some(header) => SessionMessage::Initial { header: Box::new(header.clone()), message },
+            Some(header) => SessionMessage::Initial {
+                header: Box::new(header.clone()),
+                message,
+            },
             None => SessionMessage::Normal(message),
         })
     }
@@ -207,7 +213,8 @@ impl PeerSessions {
     /// Adds a session and re-establishes the order; the oldest beyond the cap is dropped.
     pub(crate) fn insert(&mut self, session: Session) {
         self.sessions.push(session);
-        self.sessions.sort_by_key(|s| std::cmp::Reverse(s.order_key()));
+        self.sessions
+            .sort_by_key(|s| std::cmp::Reverse(s.order_key()));
         self.sessions.truncate(1 + MAX_PREVIOUS_SESSIONS);
     }
 

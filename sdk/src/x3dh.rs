@@ -95,7 +95,8 @@ impl InitialHeader {
     pub(crate) fn encode(&self, w: &mut Writer) {
         w.u8(X3DH_VERSION);
         self.certificate.encode(w);
-        w.raw(&self.identity.to_bytes()).raw(self.base_key.as_bytes());
+        w.raw(&self.identity.to_bytes())
+            .raw(self.base_key.as_bytes());
         match self.prekeys {
             PreKeyChoice::OneTime { signed, one_time } => {
                 w.u8(1).u32(signed.0).u32(one_time.0);
@@ -117,12 +118,21 @@ impl InitialHeader {
         let base_key =
             X25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::InvalidKey)?;
         let prekeys = match r.u8()? {
-            1 => PreKeyChoice::OneTime { signed: PreKeyId(r.u32()?), one_time: PreKeyId(r.u32()?) },
+            1 => PreKeyChoice::OneTime {
+                signed: PreKeyId(r.u32()?),
+                one_time: PreKeyId(r.u32()?),
+            },
             2 => PreKeyChoice::LastResort(PreKeyId(r.u32()?)),
             t => return Err(DecodeError::UnknownTag(t)),
         };
         let created_at = r.u64()?;
-        Ok(Self { identity, certificate, base_key, prekeys, created_at })
+        Ok(Self {
+            identity,
+            certificate,
+            base_key,
+            prekeys,
+            created_at,
+        })
     }
 }
 
@@ -176,7 +186,10 @@ pub(crate) fn initiate<R: rand_core::CryptoRng + ?Sized>(
     let (medium, choice, one_time) = match &bundle.one_time_prekey {
         Some(otk) => (
             bundle.signed_prekey.key(),
-            PreKeyChoice::OneTime { signed: bundle.signed_prekey.id(), one_time: otk.id },
+            PreKeyChoice::OneTime {
+                signed: bundle.signed_prekey.id(),
+                one_time: otk.id,
+            },
             Some(&otk.key),
         ),
         None => (
@@ -194,8 +207,10 @@ pub(crate) fn initiate<R: rand_core::CryptoRng + ?Sized>(
         None => kdf(&[&dh1, &dh2, &dh3]),
     };
     let own = identity.public_key();
-    let associated_data =
-        associated_data((&own, certificate.address()), (&bundle.identity, bundle.address()));
+    let associated_data = associated_data(
+        (&own, certificate.address()),
+        (&bundle.identity, bundle.address()),
+    );
     let header = InitialHeader {
         identity: own,
         certificate: certificate.clone(),
@@ -203,7 +218,14 @@ pub(crate) fn initiate<R: rand_core::CryptoRng + ?Sized>(
         prekeys: choice,
         created_at: now,
     };
-    Ok((header, Agreement { shared_secret, associated_data }, *medium))
+    Ok((
+        header,
+        Agreement {
+            shared_secret,
+            associated_data,
+        },
+        *medium,
+    ))
 }
 
 /// The responder's side, given the private prekeys `header` names. The
@@ -223,9 +245,14 @@ pub(crate) fn respond(
         None => kdf(&[&dh1, &dh2, &dh3]),
     };
     let own = identity.public_key();
-    let associated_data =
-        associated_data((&header.identity, header.certificate.address()), (&own, own_address));
-    Ok(Agreement { shared_secret, associated_data })
+    let associated_data = associated_data(
+        (&header.identity, header.certificate.address()),
+        (&own, own_address),
+    );
+    Ok(Agreement {
+        shared_secret,
+        associated_data,
+    })
 }
 
 #[cfg(test)]
@@ -235,8 +262,7 @@ mod tests {
 
     use super::*;
     use crate::keys::{
-        DeviceAuthKeyPair, DeviceId, OneTimePreKey, PreKeyKind, PreKeySettings, PreKeyState,
-        UserId,
+        DeviceAuthKeyPair, DeviceId, OneTimePreKey, PreKeyKind, PreKeySettings, PreKeyState, UserId,
     };
 
     struct Party {
@@ -254,7 +280,12 @@ mod tests {
         let prekeys =
             PreKeyState::new(rng, &identity, cert.address(), PreKeySettings::default(), 0);
         let one_time = generate_x25519(rng);
-        Party { identity, cert, prekeys, one_time }
+        Party {
+            identity,
+            cert,
+            prekeys,
+            one_time,
+        }
     }
 
     fn bundle(p: &Party, with_one_time: bool) -> PreKeyBundle {
@@ -263,8 +294,10 @@ mod tests {
             certificate: p.cert.clone(),
             signed_prekey: p.prekeys.current(PreKeyKind::Signed).unwrap().clone(),
             last_resort_prekey: p.prekeys.current(PreKeyKind::LastResort).unwrap().clone(),
-            one_time_prekey: with_one_time
-                .then_some(OneTimePreKey { id: PreKeyId(77), key: p.one_time.1 }),
+            one_time_prekey: with_one_time.then_some(OneTimePreKey {
+                id: PreKeyId(77),
+                key: p.one_time.1,
+            }),
         }
     }
 
@@ -295,8 +328,14 @@ mod tests {
                 }
             };
             assert_eq!(&ratchet_key, medium.public.key());
-            let b_side =
-                respond(&bob.identity, bob.cert.address(), &header, &medium.secret, otk).unwrap();
+            let b_side = respond(
+                &bob.identity,
+                bob.cert.address(),
+                &header,
+                &medium.secret,
+                otk,
+            )
+            .unwrap();
             assert_eq!(a.shared_secret, b_side.shared_secret);
             assert_eq!(a.associated_data, b_side.associated_data);
         }

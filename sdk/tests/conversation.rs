@@ -1,5 +1,12 @@
 //! Property tests over whole conversations between two devices.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
 mod common;
 
 use common::Pair;
@@ -41,11 +48,19 @@ struct InFlight {
 }
 
 fn read(p: &mut Pair, from_alice: bool, wire: &[u8]) -> Result<Vec<u8>, Error> {
-    if from_alice { p.bob_reads(wire) } else { p.alice_reads(wire) }
+    if from_alice {
+        p.bob_reads(wire)
+    } else {
+        p.alice_reads(wire)
+    }
 }
 
 fn receiver_store(p: &Pair, from_alice: bool) -> hush::store::MemoryStore {
-    if from_alice { p.bob.store().clone() } else { p.alice.store().clone() }
+    if from_alice {
+        p.bob.store().clone()
+    } else {
+        p.alice.store().clone()
+    }
 }
 
 proptest! {
@@ -137,18 +152,30 @@ fn redelivered_envelopes_come_from_the_inbox() {
     let mut p = Pair::connected(4);
     let m = p.a_to_b(b"keep me");
     let alice = p.alice.address().clone();
-    let got = p.bob.receive(&mut p.rng, &alice, b"env-1", &m, p.now).unwrap();
+    let got = p
+        .bob
+        .receive(&mut p.rng, &alice, b"env-1", &m, p.now)
+        .unwrap();
     assert!(matches!(&got, Received::New { message, .. } if message.plaintext == b"keep me"));
     // Crash before the app confirmed: the envelope comes again after reopen.
     let mut p = p.reopen();
-    match p.bob.receive(&mut p.rng, &alice, b"env-1", &m, p.now).unwrap() {
+    match p
+        .bob
+        .receive(&mut p.rng, &alice, b"env-1", &m, p.now)
+        .unwrap()
+    {
         Received::Unconfirmed(message) => assert_eq!(message.plaintext, b"keep me"),
         other => panic!("expected the inbox copy, got {other:?}"),
     }
     assert_eq!(p.bob.inbox().unwrap().len(), 1);
     p.bob.confirm(b"env-1").unwrap();
     assert!(p.bob.inbox().unwrap().is_empty());
-    assert_eq!(p.bob.receive(&mut p.rng, &alice, b"env-1", &m, p.now).unwrap(), Received::AlreadyConfirmed);
+    assert_eq!(
+        p.bob
+            .receive(&mut p.rng, &alice, b"env-1", &m, p.now)
+            .unwrap(),
+        Received::AlreadyConfirmed
+    );
     // Processed ids are forgotten after the queue lifetime.
     assert_eq!(p.bob.purge_processed(p.now + 10, 5).unwrap(), 1);
 }

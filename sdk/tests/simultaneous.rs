@@ -1,5 +1,12 @@
 //! Both devices initiate at once and their messages cross.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
 mod common;
 
 use common::{Pair, addr, bundle_with_one_time};
@@ -13,8 +20,12 @@ fn simultaneous_initiation_converges_on_one_session() {
         let alice_bundle = bundle_with_one_time(&mut p.alice, &mut p.rng);
         let bob_bundle = bundle_with_one_time(&mut p.bob, &mut p.rng);
         // Same second on both clocks: the base keys decide.
-        p.alice.start_session(&mut p.rng, &bob_bundle, p.now).unwrap();
-        p.bob.start_session(&mut p.rng, &alice_bundle, p.now).unwrap();
+        p.alice
+            .start_session(&mut p.rng, &bob_bundle, p.now)
+            .unwrap();
+        p.bob
+            .start_session(&mut p.rng, &alice_bundle, p.now)
+            .unwrap();
         let a1 = p.a_to_b(b"a1");
         let b1 = p.b_to_a(b"b1");
         // They cross.
@@ -22,7 +33,11 @@ fn simultaneous_initiation_converges_on_one_session() {
         assert_eq!(p.alice_reads(&b1).unwrap(), b"b1");
         let on_alice = p.alice.active_session(&addr("bob", 1)).unwrap().unwrap();
         let on_bob = p.bob.active_session(&addr("alice", 1)).unwrap().unwrap();
-        assert_eq!(on_alice.base_key(), on_bob.base_key(), "seed {seed}: same active session");
+        assert_eq!(
+            on_alice.base_key(),
+            on_bob.base_key(),
+            "seed {seed}: same active session"
+        );
         assert_eq!(p.alice.session_count(&addr("bob", 1)).unwrap(), 2);
 
         // More traffic crossing both ways never flips the choice.
@@ -33,8 +48,15 @@ fn simultaneous_initiation_converges_on_one_session() {
             assert_eq!(p.alice_reads(&b).unwrap(), vec![round, round]);
             assert_eq!(p.bob_reads(&a).unwrap(), vec![round]);
             for m in [&p.alice, &p.bob] {
-                let peer = if m.address().user.as_str() == "alice" { addr("bob", 1) } else { addr("alice", 1) };
-                assert_eq!(m.active_session(&peer).unwrap().unwrap().base_key(), &chosen);
+                let peer = if m.address().user.as_str() == "alice" {
+                    addr("bob", 1)
+                } else {
+                    addr("alice", 1)
+                };
+                assert_eq!(
+                    m.active_session(&peer).unwrap().unwrap().base_key(),
+                    &chosen
+                );
             }
         }
         let on_alice = p.alice.active_session(&addr("bob", 1)).unwrap().unwrap();
@@ -52,7 +74,9 @@ fn a_newer_session_takes_over() {
     p.alice_reads(&r).unwrap();
     p.now += 60;
     let alice_bundle = bundle_with_one_time(&mut p.alice, &mut p.rng);
-    p.bob.start_session(&mut p.rng, &alice_bundle, p.now).unwrap();
+    p.bob
+        .start_session(&mut p.rng, &alice_bundle, p.now)
+        .unwrap();
     let b = p.b_to_a(b"new");
     assert_eq!(p.alice_reads(&b).unwrap(), b"new");
     let on_alice = p.alice.active_session(&addr("bob", 1)).unwrap().unwrap();

@@ -1,6 +1,13 @@
 //! X3DH acceptance: agreement, refusal of bad bundles before any DH, one-time
 //! prekey consumption, last-resort replay, identity changes.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
 mod common;
 
 use common::{Pair, T0, addr, bundle_with_one_time, device, rng};
@@ -20,7 +27,9 @@ fn both_sides_derive_the_same_session_with_and_without_one_time_prekey() {
         };
         let events = p.alice.start_session(&mut p.rng, &bundle, p.now).unwrap();
         assert!(events.contains(&Event::DeviceAdded(addr("bob", 1))));
-        assert!(matches!(&events[0], Event::IdentityTrusted { user, .. } if user.as_str() == "bob"));
+        assert!(
+            matches!(&events[0], Event::IdentityTrusted { user, .. } if user.as_str() == "bob")
+        );
         let m = p.a_to_b(b"first");
         assert_eq!(p.bob_reads(&m).unwrap(), b"first");
         let r = p.b_to_a(b"reply");
@@ -37,23 +46,44 @@ fn both_sides_derive_the_same_session_with_and_without_one_time_prekey() {
 fn bad_signatures_and_foreign_certificates_are_refused_before_any_session() {
     let mut p = Pair::new(2);
     let mut r = rng(99);
-    let mut mallory = device(MemoryStore::new(), &StorageKey::generate(&mut r), "bob", 1, &mut r);
+    let mut mallory = device(
+        MemoryStore::new(),
+        &StorageKey::generate(&mut r),
+        "bob",
+        1,
+        &mut r,
+    );
     let good = bundle_with_one_time(&mut p.bob, &mut p.rng);
 
     // A signed prekey of another identity.
-    let bad_spk = PreKeyBundle { signed_prekey: mallory.bundle().signed_prekey, ..good.clone() };
+    let bad_spk = PreKeyBundle {
+        signed_prekey: mallory.bundle().signed_prekey,
+        ..good.clone()
+    };
     assert!(matches!(
         p.alice.start_session(&mut p.rng, &bad_spk, T0),
-        Err(Error::X3dh(hush::x3dh::X3dhError::Key(KeyError::BadSignature(_))))
+        Err(Error::X3dh(hush::x3dh::X3dhError::Key(
+            KeyError::BadSignature(_)
+        )))
     ));
     // A last-resort prekey of another identity.
-    let bad_lrk = PreKeyBundle { last_resort_prekey: mallory.bundle().last_resort_prekey, ..good.clone() };
+    let bad_lrk = PreKeyBundle {
+        last_resort_prekey: mallory.bundle().last_resort_prekey,
+        ..good.clone()
+    };
     assert!(p.alice.start_session(&mut p.rng, &bad_lrk, T0).is_err());
     // A certificate of another identity.
-    let bad_cert = PreKeyBundle { certificate: mallory.bundle().certificate, ..good.clone() };
+    let bad_cert = PreKeyBundle {
+        certificate: mallory.bundle().certificate,
+        ..good.clone()
+    };
     assert!(p.alice.start_session(&mut p.rng, &bad_cert, T0).is_err());
     assert!(!p.alice.has_session(&addr("bob", 1)).unwrap());
-    assert_eq!(p.alice.trusted_identity(&addr("bob", 1).user).unwrap(), None, "nothing trusted");
+    assert_eq!(
+        p.alice.trusted_identity(&addr("bob", 1).user).unwrap(),
+        None,
+        "nothing trusted"
+    );
 
     // After trusting Bob, a bundle under Mallory's identity is an identity change.
     p.alice.start_session(&mut p.rng, &good, T0).unwrap();
@@ -67,9 +97,16 @@ fn bad_signatures_and_foreign_certificates_are_refused_before_any_session() {
     }
     // Accepting it explicitly lets the session start.
     let user = addr("bob", 1).user;
-    p.alice.accept_identity_change(&mut p.rng, &user, &mallory.identity_key(), T0).unwrap();
-    assert!(!p.alice.has_session(&addr("bob", 1)).unwrap(), "old sessions are dropped");
-    p.alice.start_session(&mut p.rng, &mallory_bundle, T0).unwrap();
+    p.alice
+        .accept_identity_change(&mut p.rng, &user, &mallory.identity_key(), T0)
+        .unwrap();
+    assert!(
+        !p.alice.has_session(&addr("bob", 1)).unwrap(),
+        "old sessions are dropped"
+    );
+    p.alice
+        .start_session(&mut p.rng, &mallory_bundle, T0)
+        .unwrap();
 }
 
 #[test]
@@ -87,7 +124,9 @@ fn a_one_time_prekey_is_consumed_exactly_once() {
     assert_eq!(p.bob_reads(&from_alice).unwrap(), b"a");
     let before = p.bob.store().clone();
     match p.bob.decrypt(&mut r, &addr("carol", 1), &from_carol, T0) {
-        Err(Error::UnknownOneTimePreKey(id)) => assert_eq!(Some(id), bundle.one_time_prekey.map(|k| k.id)),
+        Err(Error::UnknownOneTimePreKey(id)) => {
+            assert_eq!(Some(id), bundle.one_time_prekey.map(|k| k.id))
+        }
         other => panic!("expected a used one-time prekey error, got {other:?}"),
     }
     assert_eq!(&before, p.bob.store(), "a refused message stores nothing");
@@ -102,7 +141,10 @@ fn an_unknown_one_time_prekey_id_is_refused() {
     }
     p.alice.start_session(&mut p.rng, &bundle, T0).unwrap();
     let m = p.a_to_b(b"x");
-    assert!(matches!(p.bob_reads(&m), Err(Error::UnknownOneTimePreKey(hush::keys::PreKeyId(4242)))));
+    assert!(matches!(
+        p.bob_reads(&m),
+        Err(Error::UnknownOneTimePreKey(hush::keys::PreKeyId(4242)))
+    ));
 }
 
 #[test]
@@ -110,7 +152,10 @@ fn repeated_initial_messages_reach_the_same_session() {
     let mut p = Pair::connected(5);
     let m1 = p.a_to_b(b"one");
     let m2 = p.a_to_b(b"two");
-    assert!(matches!(SessionMessage::from_bytes(&m2).unwrap(), SessionMessage::Initial { .. }));
+    assert!(matches!(
+        SessionMessage::from_bytes(&m2).unwrap(),
+        SessionMessage::Initial { .. }
+    ));
     // Delivered out of order: the second initial message creates the session,
     // the first is matched to it by its base key (its one-time prekey is gone).
     assert_eq!(p.bob_reads(&m2).unwrap(), b"two");
@@ -120,7 +165,10 @@ fn repeated_initial_messages_reach_the_same_session() {
     let r = p.b_to_a(b"ok");
     p.alice_reads(&r).unwrap();
     let m3 = p.a_to_b(b"three");
-    assert!(matches!(SessionMessage::from_bytes(&m3).unwrap(), SessionMessage::Normal(_)));
+    assert!(matches!(
+        SessionMessage::from_bytes(&m3).unwrap(),
+        SessionMessage::Normal(_)
+    ));
     assert_eq!(p.bob_reads(&m3).unwrap(), b"three");
 }
 
@@ -143,10 +191,21 @@ fn a_replayed_last_resort_initial_message_is_refused() {
     ));
     // A different initiator (new base key) on the same last-resort key is fine.
     let mut r = rng(8);
-    let mut carol = device(MemoryStore::new(), &StorageKey::generate(&mut r), "carol", 1, &mut r);
+    let mut carol = device(
+        MemoryStore::new(),
+        &StorageKey::generate(&mut r),
+        "carol",
+        1,
+        &mut r,
+    );
     carol.start_session(&mut r, &bundle, T0).unwrap();
     let c = carol.encrypt(&mut r, &addr("bob", 1), b"hi", T0).unwrap();
-    assert_eq!(bob.decrypt(&mut r, &addr("carol", 1), &c, T0).unwrap().plaintext, b"hi");
+    assert_eq!(
+        bob.decrypt(&mut r, &addr("carol", 1), &c, T0)
+            .unwrap()
+            .plaintext,
+        b"hi"
+    );
 }
 
 #[test]
@@ -158,7 +217,10 @@ fn rotated_prekeys_still_open_queued_first_messages_within_the_grace_period() {
     // Bob rotates after 8 days; the message was queued meanwhile.
     let later = T0 + 8 * 24 * 3600;
     assert!(p.bob.rotate_prekeys(&mut p.rng, later).unwrap());
-    assert_ne!(p.bob.bundle().last_resort_prekey.id(), bundle.last_resort_prekey.id());
+    assert_ne!(
+        p.bob.bundle().last_resort_prekey.id(),
+        bundle.last_resort_prekey.id()
+    );
     p.now = later;
     assert_eq!(p.bob_reads(&m).unwrap(), b"queued");
     // Far past the grace period the old key is gone.
@@ -171,7 +233,10 @@ fn rotated_prekeys_still_open_queued_first_messages_within_the_grace_period() {
     let t2 = t1 + hush::keys::PreKeySettings::DEFAULT_GRACE + 1;
     p.bob.rotate_prekeys(&mut p.rng, t2).unwrap();
     p.now = t2;
-    assert!(matches!(p.bob_reads(&m), Err(Error::UnknownLastResortPreKey(_))));
+    assert!(matches!(
+        p.bob_reads(&m),
+        Err(Error::UnknownLastResortPreKey(_))
+    ));
 }
 
 #[test]
@@ -188,14 +253,23 @@ fn a_message_from_a_device_with_a_foreign_certificate_is_refused() {
     let ghost_identity = IdentityKeyPair::generate(&mut r);
     let auth = hush::keys::DeviceAuthKeyPair::generate(&mut r);
     let user = addr("alice", 1).user;
-    let ghost = ghost_identity.certify_device(&user, hush::keys::DeviceId(7), &auth.public_key(), T0);
+    let ghost =
+        ghost_identity.certify_device(&user, hush::keys::DeviceId(7), &auth.public_key(), T0);
     assert_eq!(p.bob_reads(&m).unwrap(), b"x");
-    assert!(matches!(p.bob.add_device(&mut p.rng, &ghost), Err(Error::UntrustedDevice(_))));
-    let real = p
-        .alice
-        .identity_key_pair()
-        .certify_device(&user, hush::keys::DeviceId(7), &auth.public_key(), T0);
-    assert_eq!(p.bob.add_device(&mut p.rng, &real).unwrap(), vec![Event::DeviceAdded(addr("alice", 7))]);
+    assert!(matches!(
+        p.bob.add_device(&mut p.rng, &ghost),
+        Err(Error::UntrustedDevice(_))
+    ));
+    let real = p.alice.identity_key_pair().certify_device(
+        &user,
+        hush::keys::DeviceId(7),
+        &auth.public_key(),
+        T0,
+    );
+    assert_eq!(
+        p.bob.add_device(&mut p.rng, &real).unwrap(),
+        vec![Event::DeviceAdded(addr("alice", 7))]
+    );
     assert_eq!(p.bob.known_devices(&user).unwrap().len(), 2);
 }
 
@@ -204,8 +278,16 @@ fn safety_numbers_match_on_both_sides() {
     let mut p = Pair::connected(13);
     let m = p.a_to_b(b"x");
     p.bob_reads(&m).unwrap();
-    let on_alice = p.alice.safety_number(&addr("bob", 1).user).unwrap().unwrap();
-    let on_bob = p.bob.safety_number(&addr("alice", 1).user).unwrap().unwrap();
+    let on_alice = p
+        .alice
+        .safety_number(&addr("bob", 1).user)
+        .unwrap()
+        .unwrap();
+    let on_bob = p
+        .bob
+        .safety_number(&addr("alice", 1).user)
+        .unwrap()
+        .unwrap();
     assert_eq!(on_alice.digits(), on_bob.digits());
     assert!(on_bob.matches_qr(&on_alice.qr_payload()).unwrap());
 }
@@ -217,7 +299,13 @@ fn too_many_one_time_prekeys_at_once_are_refused() {
         p.bob.generate_one_time_prekeys(&mut p.rng, 101),
         Err(Error::TooManyPreKeys { max: 100 })
     ));
-    assert_eq!(p.bob.generate_one_time_prekeys(&mut p.rng, 100).unwrap().len(), 100);
+    assert_eq!(
+        p.bob
+            .generate_one_time_prekeys(&mut p.rng, 100)
+            .unwrap()
+            .len(),
+        100
+    );
 }
 
 #[test]
@@ -245,7 +333,10 @@ fn small_order_and_non_canonical_keys_in_messages_are_refused_at_decoding() {
         tampered[at..at + 32].copy_from_slice(&bad);
         let before = p.bob.store().clone();
         assert!(
-            matches!(p.bob_reads(&tampered), Err(Error::Decode(hush::DecodeError::InvalidKey))),
+            matches!(
+                p.bob_reads(&tampered),
+                Err(Error::Decode(hush::DecodeError::InvalidKey))
+            ),
             "offset {at}"
         );
         assert_eq!(&before, p.bob.store());

@@ -52,7 +52,8 @@ mod sig_serde {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         let v: &[u8] = <&[u8]>::deserialize(d)?;
-        v.try_into().map_err(|_| serde::de::Error::custom("signature must be 64 bytes"))
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("signature must be 64 bytes"))
     }
 }
 
@@ -81,7 +82,13 @@ impl SignedPreKey {
         key: X25519PublicKey,
     ) -> Self {
         let signature = identity.sign(kind.label(), &Self::payload(address, id, created_at, &key));
-        Self { kind, id, created_at, key, signature }
+        Self {
+            kind,
+            id,
+            created_at,
+            key,
+            signature,
+        }
     }
 
     /// Which kind of prekey this is.
@@ -133,7 +140,11 @@ impl SignedPreKey {
             PreKeyKind::Signed => 1,
             PreKeyKind::LastResort => 2,
         };
-        w.u8(kind).u32(self.id.0).u64(self.created_at).raw(self.key.as_bytes()).raw(&self.signature);
+        w.u8(kind)
+            .u32(self.id.0)
+            .u64(self.created_at)
+            .raw(self.key.as_bytes())
+            .raw(&self.signature);
     }
 
     /// Decodes a prekey (the signature is not checked here).
@@ -157,7 +168,13 @@ impl SignedPreKey {
         let created_at = r.u64()?;
         let key = X25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::InvalidKey)?;
         let signature = r.array()?;
-        Ok(Self { kind, id, created_at, key, signature })
+        Ok(Self {
+            kind,
+            id,
+            created_at,
+            key,
+            signature,
+        })
     }
 }
 
@@ -229,7 +246,10 @@ impl PreKeySettings {
 
 impl Default for PreKeySettings {
     fn default() -> Self {
-        Self { rotation_interval: Self::DEFAULT_ROTATION, grace_period: Self::DEFAULT_GRACE }
+        Self {
+            rotation_interval: Self::DEFAULT_ROTATION,
+            grace_period: Self::DEFAULT_GRACE,
+        }
     }
 }
 
@@ -259,8 +279,12 @@ impl PreKeyState {
         settings: PreKeySettings,
         now: u64,
     ) -> Self {
-        let mut state =
-            Self { signed: Vec::new(), last_resort: Vec::new(), next_id: 1, settings };
+        let mut state = Self {
+            signed: Vec::new(),
+            last_resort: Vec::new(),
+            next_id: 1,
+            settings,
+        };
         state.add(rng, identity, address, PreKeyKind::Signed, now);
         state.add(rng, identity, address, PreKeyKind::LastResort, now);
         state
@@ -290,7 +314,14 @@ impl PreKeyState {
         for old in list.iter_mut() {
             old.retired_at.get_or_insert(now);
         }
-        list.insert(0, PreKeySecret { public, secret, retired_at: None });
+        list.insert(
+            0,
+            PreKeySecret {
+                public,
+                secret,
+                retired_at: None,
+            },
+        );
     }
 
     /// Replaces keys older than the rotation interval and drops retired keys
@@ -317,9 +348,15 @@ impl PreKeyState {
             }
         }
         let grace = self.settings.grace_period;
-        let expired = |k: &PreKeySecret| k.retired_at.is_some_and(|t| now.saturating_sub(t) > grace);
+        let expired =
+            |k: &PreKeySecret| k.retired_at.is_some_and(|t| now.saturating_sub(t) > grace);
         self.signed.retain(|k| !expired(k));
-        let dropped = self.last_resort.iter().filter(|k| expired(k)).map(|k| k.public.id).collect();
+        let dropped = self
+            .last_resort
+            .iter()
+            .filter(|k| expired(k))
+            .map(|k| k.public.id)
+            .collect();
         self.last_resort.retain(|k| !expired(k));
         (rotated, dropped)
     }
@@ -368,7 +405,10 @@ mod tests {
         let mut rng = ChaCha20Rng::from_seed([3; 32]);
         let id = IdentityKeyPair::generate(&mut rng);
         let a = DeviceAddress::new(UserId::new("bob").unwrap(), DeviceId(1));
-        let settings = PreKeySettings { rotation_interval: 10, grace_period: 100 };
+        let settings = PreKeySettings {
+            rotation_interval: 10,
+            grace_period: 100,
+        };
         let mut state = PreKeyState::new(&mut rng, &id, &a, settings, 0);
         let first = state.current(PreKeyKind::LastResort).unwrap().id();
         assert!(!state.rotate(&mut rng, &id, &a, 5).0);

@@ -35,7 +35,10 @@ impl ChainKey {
 
     /// The message key at this position and the chain key after it.
     pub(crate) fn step(&self) -> (MessageKey, ChainKey) {
-        (MessageKey::new(hmac(&self.0, 0x01)), ChainKey(hmac(&self.0, 0x02)))
+        (
+            MessageKey::new(hmac(&self.0, 0x01)),
+            ChainKey(hmac(&self.0, 0x02)),
+        )
     }
 
     /// From position `from` (this key), derives the keys of positions
@@ -44,12 +47,10 @@ impl ChainKey {
     ///
     /// # Errors
     /// [`RatchetError::TooFarAhead`] when `to - from` exceeds [`MAX_MESSAGE_GAP`].
-    pub(crate) fn advance_to(
-        &self,
-        from: u32,
-        to: u32,
-    ) -> Result<Advance, RatchetError> {
-        let gap = to.checked_sub(from).ok_or(RatchetError::DuplicateOrExpired)?;
+    pub(crate) fn advance_to(&self, from: u32, to: u32) -> Result<Advance, RatchetError> {
+        let gap = to
+            .checked_sub(from)
+            .ok_or(RatchetError::DuplicateOrExpired)?;
         if gap > MAX_MESSAGE_GAP {
             return Err(RatchetError::TooFarAhead { gap });
         }
@@ -65,7 +66,11 @@ impl ChainKey {
     }
 
     /// The keys of positions `from..to`, to be stored as skipped when a chain ends.
-    pub(crate) fn skip_to(&self, from: u32, to: u32) -> Result<Vec<(u32, MessageKey)>, RatchetError> {
+    pub(crate) fn skip_to(
+        &self,
+        from: u32,
+        to: u32,
+    ) -> Result<Vec<(u32, MessageKey)>, RatchetError> {
         if to <= from {
             return Ok(Vec::new());
         }

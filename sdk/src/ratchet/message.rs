@@ -64,6 +64,15 @@ impl<'a> Message<'a> {
         let index = r.u32()?;
         let nonce = r.array()?;
         r.finish()?;
-        Ok(Self { header: Header { ratchet_key, previous_length, index, nonce }, header_bytes, ciphertext })
+        Ok(Self {
+            header: Header {
+                ratchet_key,
+                previous_length,
+                index,
+                nonce,
+            },
+            header_bytes,
+            ciphertext,
+        })
     }
 }

@@ -39,7 +39,13 @@ impl MessageKey {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, RatchetError> {
         self.cipher()
-            .encrypt(&Nonce::<Aes256Gcm>::from(*nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                &Nonce::<Aes256Gcm>::from(*nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| RatchetError::MessageTooLong)
     }
 
@@ -50,7 +56,13 @@ impl MessageKey {
         ciphertext: &[u8],
     ) -> Result<Vec<u8>, RatchetError> {
         self.cipher()
-            .decrypt(&Nonce::<Aes256Gcm>::from(*nonce), Payload { msg: ciphertext, aad })
+            .decrypt(
+                &Nonce::<Aes256Gcm>::from(*nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map_err(|_| RatchetError::AuthenticationFailed)
     }
 

@@ -48,7 +48,12 @@ impl SkippedKeys {
     }
 
     /// The key of message `index` of chain `remote`, if kept and not expired.
-    pub(crate) fn get(&self, remote: &X25519PublicKey, index: u32, now: u64) -> Option<&MessageKey> {
+    pub(crate) fn get(
+        &self,
+        remote: &X25519PublicKey,
+        index: u32,
+        now: u64,
+    ) -> Option<&MessageKey> {
         let chain = self.chains.iter().find(|c| &c.remote == remote)?;
         let pos = chain.keys.binary_search_by_key(&index, |k| k.index).ok()?;
         let key = &chain.keys[pos];
@@ -69,9 +74,18 @@ impl SkippedKeys {
 
     /// Adds keys (ascending indices, all above those already kept for the chain),
     /// then enforces expiry and the caps.
-    pub(crate) fn insert(&mut self, remote: X25519PublicKey, keys: Vec<(u32, MessageKey)>, now: u64) {
+    pub(crate) fn insert(
+        &mut self,
+        remote: X25519PublicKey,
+        keys: Vec<(u32, MessageKey)>,
+        now: u64,
+    ) {
         if !keys.is_empty() {
-            let new = keys.into_iter().map(|(index, key)| SkippedKey { index, stored_at: now, key });
+            let new = keys.into_iter().map(|(index, key)| SkippedKey {
+                index,
+                stored_at: now,
+                key,
+            });
             match self.chains.iter().position(|c| c.remote == remote) {
                 Some(ci) => {
                     // Keep the most recently touched chain last.
@@ -79,7 +93,10 @@ impl SkippedKeys {
                     chain.keys.extend(new);
                     self.chains.push(chain);
                 }
-                None => self.chains.push(SkippedChain { remote, keys: new.collect() }),
+                None => self.chains.push(SkippedChain {
+                    remote,
+                    keys: new.collect(),
+                }),
             }
         }
         self.enforce(now);
@@ -96,7 +113,9 @@ impl SkippedKeys {
         self.chains.retain(|c| !c.keys.is_empty());
         let mut total: usize = self.chains.iter().map(|c| c.keys.len()).sum();
         while total > MAX_SKIPPED_TOTAL {
-            let Some(oldest) = self.chains.first_mut() else { break };
+            let Some(oldest) = self.chains.first_mut() else {
+                break;
+            };
             let excess = (total - MAX_SKIPPED_TOTAL).min(oldest.keys.len());
             oldest.keys.drain(..excess);
             total -= excess;
@@ -123,7 +142,9 @@ mod tests {
     }
 
     fn mks(from: u32, to: u32) -> Vec<(u32, MessageKey)> {
-        (from..to).map(|i| (i, MessageKey::new(Secret32::new([i as u8; 32])))).collect()
+        (from..to)
+            .map(|i| (i, MessageKey::new(Secret32::new([i as u8; 32]))))
+            .collect()
     }
 
     #[test]
@@ -137,7 +158,10 @@ mod tests {
         s.insert(key(2), mks(0, 2_000), 0);
         s.insert(key(3), mks(0, 500), 0);
         assert_eq!(s.len(), MAX_SKIPPED_TOTAL);
-        assert!(s.get(&key(1), 10, 0).is_none(), "oldest chain loses keys first");
+        assert!(
+            s.get(&key(1), 10, 0).is_none(),
+            "oldest chain loses keys first"
+        );
         assert!(s.get(&key(3), 0, 0).is_some());
     }
 

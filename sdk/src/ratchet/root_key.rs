@@ -31,7 +31,10 @@ impl RootKey {
         root.copy_from_slice(&okm[..32]);
         chain.copy_from_slice(&okm[32..]);
         okm.zeroize();
-        let out = (RootKey(Secret32::new(root)), ChainKey::new(Secret32::new(chain)));
+        let out = (
+            RootKey(Secret32::new(root)),
+            ChainKey::new(Secret32::new(chain)),
+        );
         root.zeroize();
         chain.zeroize();
         out

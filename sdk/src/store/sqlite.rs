@@ -42,11 +42,15 @@ impl SqliteStore {
     }
 
     fn setup(conn: Connection) -> Result<Self, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
-        let version: i64 =
-            conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(backend)?;
         match version {
             0 => {
                 conn.execute_batch(
@@ -63,7 +67,11 @@ impl SqliteStore {
                 .map_err(backend)?;
             }
             SCHEMA_VERSION => {}
-            v => return Err(StoreError::UnsupportedVersion(u8::try_from(v).unwrap_or(u8::MAX))),
+            v => {
+                return Err(StoreError::UnsupportedVersion(
+                    u8::try_from(v).unwrap_or(u8::MAX),
+                ));
+            }
         }
         Ok(Self { conn })
     }
@@ -80,8 +88,10 @@ impl Store for SqliteStore {
     }
 
     fn scan(&self, table: Table) -> Result<Rows, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT k, v FROM kv WHERE tbl = ?1 ORDER BY k").map_err(backend)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT k, v FROM kv WHERE tbl = ?1 ORDER BY k")
+            .map_err(backend)?;
         let rows = stmt
             .query_map(params![table.id()], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(backend)?;
@@ -97,12 +107,14 @@ impl Store for SqliteStore {
             let mut put = tx
                 .prepare_cached("INSERT OR REPLACE INTO kv (tbl, k, v) VALUES (?1, ?2, ?3)")
                 .map_err(backend)?;
-            let mut delete =
-                tx.prepare_cached("DELETE FROM kv WHERE tbl = ?1 AND k = ?2").map_err(backend)?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM kv WHERE tbl = ?1 AND k = ?2")
+                .map_err(backend)?;
             for op in batch.ops() {
                 match op {
                     Op::Put { table, key, value } => {
-                        put.execute(params![table.id(), key, value]).map_err(backend)?;
+                        put.execute(params![table.id(), key, value])
+                            .map_err(backend)?;
                     }
                     Op::Delete { table, key } => {
                         delete.execute(params![table.id(), key]).map_err(backend)?;
@@ -137,7 +149,10 @@ mod tests {
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.get(Table::Sessions, b"a").unwrap(), None);
         assert_eq!(s.get(Table::Sessions, b"b").unwrap(), Some(b"2".to_vec()));
-        assert_eq!(s.scan(Table::Inbox).unwrap(), vec![(b"a".to_vec(), b"3".to_vec())]);
+        assert_eq!(
+            s.scan(Table::Inbox).unwrap(),
+            vec![(b"a".to_vec(), b"3".to_vec())]
+        );
     }
 
     #[test]
@@ -145,6 +160,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("junk.db");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
-        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Backend(_))));
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Backend(_))
+        ));
     }
 }

@@ -100,7 +100,13 @@ impl Vault {
         let aad = Self::aad(table, row, RECORD_VERSION);
         let sealed = self
             .cipher
-            .encrypt(&Nonce::<Aes256Gcm>::from(nonce), Payload { msg: &plain, aad: &aad })
+            .encrypt(
+                &Nonce::<Aes256Gcm>::from(nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| StoreError::Corrupted(table));
         plain.zeroize();
         let sealed = sealed?;
@@ -129,7 +135,13 @@ impl Vault {
         let aad = Self::aad(table, row, version);
         let mut plain = self
             .cipher
-            .decrypt(&Nonce::<Aes256Gcm>::from(nonce), Payload { msg: ciphertext, aad: &aad })
+            .decrypt(
+                &Nonce::<Aes256Gcm>::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| StoreError::Corrupted(table))?;
         let value = match postcard::take_from_bytes(&plain) {
             Ok((value, [])) => Ok(value),
