@@ -38,7 +38,10 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // Bob uploads one-time prekeys; a server would hand one to Alice with his bundle.
     let one_time = bob.generate_one_time_prekeys(&mut rng, 10)?;
-    let bundle = PreKeyBundle { one_time_prekey: Some(one_time[0]), ..bob.bundle() };
+    let bundle = PreKeyBundle {
+        one_time_prekey: Some(one_time[0]),
+        ..bob.bundle()
+    };
     for event in alice.start_session(&mut rng, &bundle, now)? {
         println!("alice: {event:?}");
     }
@@ -50,7 +53,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         (false, "And a lost phone cannot read old messages."),
     ];
     for (from_alice, text) in script {
-        let (sender, receiver) = if from_alice { (&mut alice, &mut bob) } else { (&mut bob, &mut alice) };
+        let (sender, receiver) = if from_alice {
+            (&mut alice, &mut bob)
+        } else {
+            (&mut bob, &mut alice)
+        };
         let wire = sender.encrypt(&mut rng, receiver.address(), text.as_bytes(), now)?;
         let got = receiver.decrypt(&mut rng, sender.address(), &wire, now)?;
         println!(
@@ -62,11 +69,24 @@ fn main() -> Result<(), Box<dyn Error>> {
         );
     }
 
-    let on_alice = alice.safety_number(&bob.address().user)?.ok_or("bob is not trusted")?;
-    let on_bob = bob.safety_number(&alice.address().user)?.ok_or("alice is not trusted")?;
-    println!("safety number on alice's screen: {}", on_alice.display_groups().join(" "));
-    println!("safety number on bob's screen:   {}", on_bob.display_groups().join(" "));
-    println!("bob scans alice's QR code: match = {}", on_bob.matches_qr(&on_alice.qr_payload())?);
+    let on_alice = alice
+        .safety_number(&bob.address().user)?
+        .ok_or("bob is not trusted")?;
+    let on_bob = bob
+        .safety_number(&alice.address().user)?
+        .ok_or("alice is not trusted")?;
+    println!(
+        "safety number on alice's screen: {}",
+        on_alice.display_groups().join(" ")
+    );
+    println!(
+        "safety number on bob's screen:   {}",
+        on_bob.display_groups().join(" ")
+    );
+    println!(
+        "bob scans alice's QR code: match = {}",
+        on_bob.matches_qr(&on_alice.qr_payload())?
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
