@@ -19,7 +19,7 @@ pub fn encrypt<R: rand_core::CryptoRng + ?Sized>(
     rng: &mut R,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, Error> {
-    Ok(session.encrypt(rng, plaintext)?.to_bytes())
+    Ok(session.0.encrypt(rng, plaintext)?.to_bytes())
 }
 
 /// Decrypts [`SessionMessage`] bytes on a detached session (the X3DH header of
@@ -30,9 +30,9 @@ pub fn encrypt<R: rand_core::CryptoRng + ?Sized>(
 pub fn decrypt(session: &mut Session, bytes: &[u8], now: u64) -> Result<Vec<u8>, Error> {
     Ok(match SessionMessage::from_bytes(bytes)? {
         SessionMessage::Initial { header, message } => {
-            session.decrypt(Some(&header), &message, now)?
+            session.0.decrypt(Some(&header), &message, now)?
         }
-        SessionMessage::Normal(message) => session.decrypt(None, &message, now)?,
+        SessionMessage::Normal(message) => session.0.decrypt(None, &message, now)?,
     })
 }
 
@@ -48,7 +48,7 @@ impl<S: Store> SessionManager<S> {
         bundle: &PreKeyBundle,
         now: u64,
     ) -> Result<Session, Error> {
-        self.initiate_aside(rng, bundle, now)
+        self.initiate_aside(rng, bundle, now).map(Session)
     }
 
     /// X3DH as responder without storing anything: processes an initial
@@ -64,5 +64,6 @@ impl<S: Store> SessionManager<S> {
         now: u64,
     ) -> Result<(Session, Vec<u8>), Error> {
         self.respond_aside(rng, bytes, now)
+            .map(|(s, p)| (Session(s), p))
     }
 }

@@ -58,7 +58,7 @@ use crate::keys::{
 };
 use crate::ratchet::RatchetError;
 use crate::secret::Secret32;
-use crate::session::{PeerSessions, Session, SessionMessage};
+use crate::session::{PeerSessions, Session, SessionMessage, SessionState};
 use crate::store::vault::{CHECK_ROW, Vault};
 use crate::store::{Batch, StorageKey, Store, StoreError, Table};
 use crate::x3dh::{self, InitialHeader, PreKeyChoice, X3dhError};
@@ -661,7 +661,7 @@ impl<S: Store> SessionManager<S> {
     pub fn active_session(&self, peer: &DeviceAddress) -> Result<Option<Session>, Error> {
         Ok(self
             .load::<PeerSessions>(Table::Sessions, &peer.to_bytes())?
-            .and_then(|s| s.active().cloned()))
+            .and_then(|s| s.active().cloned().map(Session)))
     }
 
     /// Number of sessions (active and previous) kept with `peer`.
@@ -725,10 +725,10 @@ impl<S: Store> SessionManager<S> {
         rng: &mut R,
         bundle: &PreKeyBundle,
         now: u64,
-    ) -> Result<Session, Error> {
+    ) -> Result<SessionState, Error> {
         let (header, agreement, remote_ratchet_key) =
             x3dh::initiate(rng, &self.identity, &self.certificate, bundle, now)?;
-        Ok(Session::initiator(
+        Ok(SessionState::initiator(
             rng,
             header,
             agreement.shared_secret,
@@ -743,7 +743,7 @@ impl<S: Store> SessionManager<S> {
         rng: &mut R,
         bytes: &[u8],
         now: u64,
-    ) -> Result<(Session, Vec<u8>), Error> {
+    ) -> Result<(SessionState, Vec<u8>), Error> {
         match SessionMessage::from_bytes(bytes)? {
             SessionMessage::Initial { header, message } => {
                 let mut changes = Changes {
@@ -987,7 +987,7 @@ impl<S: Store> SessionManager<S> {
         &self,
         changes: &mut Changes<'_, R>,
         header: &InitialHeader,
-    ) -> Result<Session, Error> {
+    ) -> Result<SessionState, Error> {
         let (medium, one_time) = match header.prekeys {
             PreKeyChoice::OneTime { signed, one_time } => {
                 let medium = self
@@ -1027,7 +1027,7 @@ impl<S: Store> SessionManager<S> {
             &medium.secret,
             one_time.as_ref().map(|o| &o.secret),
         )?;
-        Ok(Session::responder(
+        Ok(SessionState::responder(
             header,
             agreement.shared_secret,
             agreement.associated_data,

@@ -390,6 +390,22 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_shows_no_key_material() {
+        let (mut alice, _bob, mut rng) = pair(6);
+        alice.encrypt(&mut rng, AD, b"x").unwrap();
+        let printed = format!("{alice:?}");
+        let root = alice.root_key().as_bytes();
+        let as_hex: String = root.iter().map(|b| format!("{b:02x}")).collect();
+        let as_list = format!("{:?}", &root[..4]);
+        assert!(!printed.contains(&as_hex), "{printed}");
+        assert!(
+            !printed.contains(&as_list[1..as_list.len() - 1]),
+            "{printed}"
+        );
+        assert!(printed.contains("redacted"));
+    }
+
+    #[test]
     fn state_round_trips_through_postcard() {
         let (mut alice, _bob, mut rng) = pair(5);
         alice.encrypt(&mut rng, AD, b"x").unwrap();

@@ -95,9 +95,43 @@ impl SessionMessage {
     }
 }
 
-/// One Double Ratchet session with one peer device.
+/// One Double Ratchet session with one peer device, as the app may inspect it.
+///
+/// It deliberately implements neither `Serialize` nor a `Debug` that shows key
+/// material; sessions are persisted only sealed, by the store layer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Session(pub(crate) SessionState);
+
+impl Session {
+    /// The initiator's base key, which names the session on both sides.
+    pub fn base_key(&self) -> &X25519PublicKey {
+        &self.0.base_key
+    }
+
+    /// When the initiator created the session.
+    pub fn created_at(&self) -> u64 {
+        self.0.created_at
+    }
+
+    /// Whether messages are still sent in the initial form.
+    pub fn is_pending(&self) -> bool {
+        self.0.pending.is_some()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("base_key", self.base_key())
+            .field("created_at", &self.created_at())
+            .field("pending", &self.is_pending())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The persisted state of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
+pub(crate) struct SessionState {
     ratchet: Ratchet,
     associated_data: Vec<u8>,
     base_key: X25519PublicKey,
@@ -106,7 +140,7 @@ pub struct Session {
     pending: Option<InitialHeader>,
 }
 
-impl Session {
+impl SessionState {
     pub(crate) fn initiator<R: rand_core::CryptoRng + ?Sized>(
         rng: &mut R,
         header: InitialHeader,
@@ -137,21 +171,6 @@ impl Session {
             created_at: header.created_at,
             pending: None,
         }
-    }
-
-    /// The initiator's base key, which names the session on both sides.
-    pub fn base_key(&self) -> &X25519PublicKey {
-        &self.base_key
-    }
-
-    /// When the initiator created the session.
-    pub fn created_at(&self) -> u64 {
-        self.created_at
-    }
-
-    /// Whether messages are still sent in the initial form.
-    pub fn is_pending(&self) -> bool {
-        self.pending.is_some()
     }
 
     fn order_key(&self) -> (u64, [u8; 32]) {
@@ -206,27 +225,30 @@ fn message_ad<'a>(session_ad: &'a [u8], initial: Option<&InitialHeader>) -> Cow<
 /// All sessions with one peer device: the active one first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PeerSessions {
-    sessions: Vec<Session>,
+    sessions: Vec<SessionState>,
 }
 
 impl PeerSessions {
     /// Adds a session and re-establishes the order; the oldest beyond the cap is dropped.
-    pub(crate) fn insert(&mut self, session: Session) {
+    pub(crate) fn insert(&mut self, session: SessionState) {
         self.sessions.push(session);
         self.sessions
             .sort_by_key(|s| std::cmp::Reverse(s.order_key()));
         self.sessions.truncate(1 + MAX_PREVIOUS_SESSIONS);
     }
 
-    pub(crate) fn active_mut(&mut self) -> Option<&mut Session> {
+    pub(crate) fn active_mut(&mut self) -> Option<&mut SessionState> {
         self.sessions.first_mut()
     }
 
-    pub(crate) fn active(&self) -> Option<&Session> {
+    pub(crate) fn active(&self) -> Option<&SessionState> {
         self.sessions.first()
     }
 
-    pub(crate) fn by_base_key_mut(&mut self, base_key: &X25519PublicKey) -> Option<&mut Session> {
+    pub(crate) fn by_base_key_mut(
+        &mut self,
+        base_key: &X25519PublicKey,
+    ) -> Option<&mut SessionState> {
         self.sessions.iter_mut().find(|s| &s.base_key == base_key)
     }
 

@@ -350,3 +350,19 @@ fn small_order_and_non_canonical_keys_in_messages_are_refused_at_decoding() {
         Err(hush::DecodeError::InvalidKey)
     );
 }
+
+#[test]
+fn debug_output_of_public_types_shows_no_secrets() {
+    let p = Pair::connected(16);
+    let key = format!("{:?}", StorageKey::from_bytes([0xab; 32]));
+    assert!(!key.contains("ab") && !key.contains("171"), "{key}");
+    let manager = format!("{:?} {:?}", p.alice, p.alice.identity_key_pair());
+    let session = format!(
+        "{:?}",
+        p.alice.active_session(&addr("bob", 1)).unwrap().unwrap()
+    );
+    for printed in [manager, session] {
+        assert!(!printed.contains("Secret"), "{printed}");
+        assert!(!printed.contains("seed"), "{printed}");
+    }
+}
