@@ -12,7 +12,17 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# A Python virtual environment for the independent vector check (and, later,
+# the Python bindings' tests).
+VENV="${HUSH_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
 # Unit, integration and property tests (including the vectors check, the
 # SQLite crash tests and the fuzz-corpus replay), then the documentation examples.
 cargo nextest run --workspace --all-features --no-fail-fast
 cargo test --workspace --all-features --doc
+# An independent implementation of docs/protocol.md checks the test vectors.
+"$VENV/bin/python" tests/vectors/verify.py

@@ -71,7 +71,7 @@ fn keys() -> Value {
         })
         .collect();
     json!({
-        "description": "Account identity: Ed25519 seed, public key, and its X25519 form (secret = clamped SHA-512 scalar of the seed, public = birational map of the Ed25519 point).",
+        "description": "Account identity: Ed25519 seed, public key, and its X25519 form (secret = first 32 bytes of SHA-512(seed), clamped by X25519 itself; public = birational map of the Ed25519 point).",
         "cases": cases,
     })
 }
