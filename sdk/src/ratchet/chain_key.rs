@@ -18,14 +18,20 @@ pub(crate) type Advance = (Vec<(u32, MessageKey)>, MessageKey, ChainKey);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ChainKey(Secret32);
 
-fn hmac(key: &Secret32, byte: u8) -> Secret32 {
-    let mut out = Secret32::zero();
+/// `(HMAC(key, 0x01), HMAC(key, 0x02))`, keying HMAC once for both.
+fn hmac_pair(key: &Secret32) -> (Secret32, Secret32) {
+    let (mut one, mut two) = (Secret32::zero(), Secret32::zero());
     // HMAC accepts keys of any length, so this cannot fail.
-    if let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_bytes()) {
-        mac.update(&[byte]);
-        out.as_mut().copy_from_slice(&mac.finalize().into_bytes());
+    if let Ok(mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_bytes()) {
+        let mut first = mac.clone();
+        first.update(&[0x01]);
+        one.as_mut().copy_from_slice(&first.finalize().into_bytes());
+        let mut second = mac;
+        second.update(&[0x02]);
+        two.as_mut()
+            .copy_from_slice(&second.finalize().into_bytes());
     }
-    out
+    (one, two)
 }
 
 impl ChainKey {
@@ -35,10 +41,10 @@ impl ChainKey {
 
     /// The message key at this position and the chain key after it.
     pub(crate) fn step(&self) -> (MessageKey, ChainKey) {
-        (
-            MessageKey::new(hmac(&self.0, 0x01)),
-            ChainKey(hmac(&self.0, 0x02)),
-        )
+        {
+            let (message_key, chain_key) = hmac_pair(&self.0);
+            (MessageKey::new(message_key), ChainKey(chain_key))
+        }
     }
 
     /// From position `from` (this key), derives the keys of positions
