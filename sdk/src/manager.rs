@@ -908,10 +908,11 @@ impl<S: Store> SessionManager<S> {
         Ok(n)
     }
 
-    /// The safety number of the conversation with `user`.
+    /// The safety number of the conversation with `user`, or `None` while no
+    /// identity is trusted for that user.
     ///
     /// # Errors
-    /// [`Error::NoSession`] style absence is reported as `Ok(None)`; store errors.
+    /// A store error.
     pub fn safety_number(&self, user: &UserId) -> Result<Option<SafetyNumber>, Error> {
         Ok(self.trusted_identity(user)?.map(|remote| {
             SafetyNumber::new(

@@ -228,7 +228,7 @@ impl Ratchet {
             let remote = chain.remote;
             if let Some(chain) = self.receiving.as_mut() {
                 chain.chain_key = next;
-                chain.index = header.index + 1;
+                chain.index = header.index.saturating_add(1);
             }
             self.skipped.insert(remote, skipped, now);
             return Ok(plaintext);
@@ -259,7 +259,7 @@ impl Ratchet {
         self.receiving = Some(ReceiverChain {
             remote: header.ratchet_key,
             chain_key: next,
-            index: header.index + 1,
+            index: header.index.saturating_add(1),
         });
         self.remote = Some(header.ratchet_key);
         if let Some(sending) = self.sending.take() {
@@ -371,6 +371,24 @@ mod tests {
             Err(RatchetError::TooFarAhead { .. })
         ));
         assert_eq!(before, snapshot(&bob));
+    }
+
+    #[test]
+    fn a_gap_of_exactly_the_limit_is_accepted() {
+        let (mut alice, mut bob, mut rng) = pair(7);
+        let first = alice.encrypt(&mut rng, AD, b"0").unwrap();
+        bob.decrypt(AD, &first, 0).unwrap();
+        let sent: Vec<Vec<u8>> = (0..=MAX_MESSAGE_GAP)
+            .map(|i| alice.encrypt(&mut rng, AD, &i.to_be_bytes()).unwrap())
+            .collect();
+        let last = MAX_MESSAGE_GAP as usize;
+        assert_eq!(bob.decrypt(AD, &sent[last], 0).unwrap(), MAX_MESSAGE_GAP.to_be_bytes());
+        assert_eq!(bob.skipped_len(), MAX_MESSAGE_GAP as usize);
+        // Skipped messages still open, once each.
+        for i in [0u32, 500, 1000, 1999] {
+            assert_eq!(bob.decrypt(AD, &sent[i as usize], 0).unwrap(), i.to_be_bytes());
+            assert!(bob.decrypt(AD, &sent[i as usize], 0).is_err());
+        }
     }
 
     #[test]
