@@ -24,6 +24,7 @@ pub mod hazmat;
 mod manager;
 pub mod session;
 pub mod store;
+pub mod wire;
 
 pub use keys::PreKeyBundle;
 pub use manager::{

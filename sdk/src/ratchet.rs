@@ -382,11 +382,17 @@ mod tests {
             .map(|i| alice.encrypt(&mut rng, AD, &i.to_be_bytes()).unwrap())
             .collect();
         let last = MAX_MESSAGE_GAP as usize;
-        assert_eq!(bob.decrypt(AD, &sent[last], 0).unwrap(), MAX_MESSAGE_GAP.to_be_bytes());
+        assert_eq!(
+            bob.decrypt(AD, &sent[last], 0).unwrap(),
+            MAX_MESSAGE_GAP.to_be_bytes()
+        );
         assert_eq!(bob.skipped_len(), MAX_MESSAGE_GAP as usize);
         // Skipped messages still open, once each.
         for i in [0u32, 500, 1000, 1999] {
-            assert_eq!(bob.decrypt(AD, &sent[i as usize], 0).unwrap(), i.to_be_bytes());
+            assert_eq!(
+                bob.decrypt(AD, &sent[i as usize], 0).unwrap(),
+                i.to_be_bytes()
+            );
             assert!(bob.decrypt(AD, &sent[i as usize], 0).is_err());
         }
     }
