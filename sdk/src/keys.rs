@@ -85,6 +85,8 @@ pub enum SignatureLabel {
     LastResortPreKey,
     /// A login response to a server's challenge, signed by a device auth key.
     ServerAuth,
+    /// Registration of a new account, signed by the account identity.
+    Registration,
     /// Reserved for post-quantum one-time KEM prekeys.
     PqOneTimePreKey,
     /// Reserved for post-quantum last-resort KEM prekeys.
@@ -99,6 +101,7 @@ impl SignatureLabel {
             Self::SignedPreKey => b"hush.v1.signed-prekey",
             Self::LastResortPreKey => b"hush.v1.last-resort-prekey",
             Self::ServerAuth => b"hush.v1.server-auth",
+            Self::Registration => b"hush.v1.registration",
             Self::PqOneTimePreKey => b"hush.v1.pq-one-time-prekey",
             Self::PqLastResortPreKey => b"hush.v1.pq-last-resort-prekey",
         }
@@ -393,6 +396,19 @@ impl DeviceAuthKey {
         signature: &[u8; 64],
     ) -> Result<(), KeyError> {
         verify(&self.0, label, payload, signature)
+    }
+}
+
+impl Serialize for DeviceAuthKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_bytes().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceAuthKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <[u8; 32]>::deserialize(d)?;
+        Self::from_bytes(&raw).map_err(serde::de::Error::custom)
     }
 }
 

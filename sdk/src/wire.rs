@@ -2,6 +2,10 @@
 //!
 //! * [`frame`]: length-prefixed frames with caps checked before allocation.
 //! * [`padding`]: size buckets for plaintext before encryption.
+//! * [`envelope`]: the end-to-end envelope and its caps.
+//! * [`protocol`]: requests, responses and pushes of the reference server protocol.
 
+pub mod envelope;
 pub mod frame;
 pub mod padding;
+pub mod protocol;
