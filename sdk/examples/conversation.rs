@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let one_time = bob.generate_one_time_prekeys(&mut rng, 10)?;
     let bundle = PreKeyBundle {
         one_time_prekey: Some(one_time[0]),
-        ..bob.bundle()
+        ..bob.bundle()?
     };
     for event in alice.start_session(&mut rng, &bundle, now)? {
         println!("alice: {event:?}");

@@ -2,7 +2,7 @@
 //!
 //! Nothing here commits state: a [`Session`] advanced with [`encrypt`] and
 //! then dropped re-uses message keys the next time. Applications use
-//! [`SessionManager`](crate::SessionManager), which commits every change.
+//! [`SessionManager`], which commits every change.
 
 use crate::SessionManager;
 use crate::keys::PreKeyBundle;

@@ -36,10 +36,9 @@ mod prekey;
 
 use std::fmt;
 
-use curve25519_dalek::montgomery::MontgomeryPoint;
-use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 use thiserror::Error;
 use zeroize::Zeroize;
 
@@ -217,6 +216,50 @@ impl fmt::Display for DeviceAddress {
     }
 }
 
+/// Serde for 64-byte signatures as a byte string, accepting borrowed bytes,
+/// owned bytes and sequences, so self-describing formats work too.
+pub(crate) mod bytes64 {
+    use std::fmt;
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    struct Bytes64;
+
+    impl<'de> Visitor<'de> for Bytes64 {
+        type Value = [u8; 64];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("64 bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<[u8; 64], E> {
+            v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 64], A::Error> {
+            let mut out = [0u8; 64];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+            }
+            if seq.next_element::<u8>()?.is_some() {
+                return Err(de::Error::invalid_length(65, &self));
+            }
+            Ok(out)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        d.deserialize_bytes(Bytes64)
+    }
+}
+
 /// Decodes an Ed25519 public key strictly: canonical and not of small order.
 fn strict_ed25519(bytes: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
     let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidPublicKey)?;
@@ -321,6 +364,20 @@ impl IdentityKeyPair {
 
     pub(crate) fn seed(&self) -> Secret32 {
         Secret32::new(self.signing.to_bytes())
+    }
+
+    /// Restores an account identity from the seed [`Self::to_seed_bytes`]
+    /// exported (a backup, or another device of the account).
+    pub fn from_seed_bytes(seed: &[u8; 32]) -> Self {
+        Self {
+            signing: SigningKey::from_bytes(seed),
+        }
+    }
+
+    /// The 32-byte seed, for a backup kept as carefully as the storage key.
+    /// It is wiped when the returned value is dropped.
+    pub fn to_seed_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.signing.to_bytes())
     }
 
     /// The public identity key.
@@ -434,6 +491,19 @@ impl DeviceAuthKeyPair {
 
     pub(crate) fn seed(&self) -> Secret32 {
         Secret32::new(self.signing.to_bytes())
+    }
+
+    /// Restores a device auth key from the seed [`Self::to_seed_bytes`] exported.
+    pub fn from_seed_bytes(seed: &[u8; 32]) -> Self {
+        Self {
+            signing: SigningKey::from_bytes(seed),
+        }
+    }
+
+    /// The 32-byte seed (to keep the key an app registered with before it
+    /// creates its store). It is wiped when the returned value is dropped.
+    pub fn to_seed_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.signing.to_bytes())
     }
 
     /// The public key.
@@ -601,10 +671,12 @@ impl X25519PublicKey {
         if !is_canonical_u(bytes) {
             return Err(KeyError::InvalidPublicKey);
         }
-        // Small order (on the curve or its twist) means 8·P is the identity,
-        // which the Montgomery ladder returns as u = 0.
-        let eight = Scalar::from(8u8);
-        if (MontgomeryPoint(*bytes) * eight).to_bytes() == [0u8; 32] {
+        // The canonical u-coordinates of every point of small order on the
+        // curve or its twist: 0, 1, p - 1 and the two points of order 8.
+        let small = SMALL_ORDER_U
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, u| acc | u.ct_eq(bytes));
+        if bool::from(small) {
             return Err(KeyError::InvalidPublicKey);
         }
         Ok(Self(*bytes))
@@ -644,6 +716,32 @@ impl fmt::Debug for X25519PublicKey {
         write!(f, "X25519PublicKey({})", hex32(&self.0))
     }
 }
+
+/// Canonical encodings of the small-order u-coordinates (the list libsodium
+/// and others block): 0, 1, the two points of order 8, and p - 1.
+const SMALL_ORDER_U: [[u8; 32]; 5] = [
+    [0; 32],
+    {
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        one
+    },
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
 
 /// `p = 2^255 - 19`, little-endian; a reduced u-coordinate is below it.
 fn is_canonical_u(bytes: &[u8; 32]) -> bool {
@@ -725,6 +823,16 @@ mod tests {
                 .unwrap();
         let order8: [u8; 32] = order8.try_into().unwrap();
         assert!(X25519PublicKey::from_bytes(&order8).is_err());
+        // The list is exactly the small-order points: 8·P is the identity for
+        // each, and random keys are not on it.
+        for u in SMALL_ORDER_U {
+            let eight = curve25519_dalek::scalar::Scalar::from(8u8);
+            assert_eq!(
+                (curve25519_dalek::montgomery::MontgomeryPoint(u) * eight).to_bytes(),
+                [0; 32]
+            );
+            assert!(X25519PublicKey::from_bytes(&u).is_err());
+        }
         // An ordinary key passes.
         let ok = X25519PublicKey::from_secret(&Secret32::new([9; 32]));
         assert!(X25519PublicKey::from_bytes(&ok.to_bytes()).is_ok());

@@ -34,7 +34,7 @@
 //!
 //! // Bob publishes prekeys; the server hands Alice a bundle.
 //! let one_time = bob.generate_one_time_prekeys(&mut rng, 1)?;
-//! let bundle = PreKeyBundle { one_time_prekey: Some(one_time[0]), ..bob.bundle() };
+//! let bundle = PreKeyBundle { one_time_prekey: Some(one_time[0]), ..bob.bundle()? };
 //! alice.start_session(&mut rng, &bundle, now)?;
 //!
 //! let wire = alice.encrypt(&mut rng, bob.address(), b"hi Bob", now)?;
@@ -54,7 +54,7 @@ use crate::fingerprint::SafetyNumber;
 use crate::keys::{
     DeviceAddress, DeviceAuthKeyPair, DeviceCertificate, DeviceId, IdentityKey, IdentityKeyPair,
     KeyError, OneTimePreKey, PreKeyBundle, PreKeyId, PreKeyKind, PreKeySettings, PreKeyState,
-    SignedPreKey, UserId, X25519PublicKey, generate_x25519,
+    UserId, X25519PublicKey, generate_x25519,
 };
 use crate::ratchet::RatchetError;
 use crate::secret::Secret32;
@@ -76,9 +76,9 @@ pub enum Error {
     /// A key or signature was refused.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// Key agreement failed.
+    /// Key agreement failed for a reason other than a refused key.
     #[error(transparent)]
-    X3dh(#[from] X3dhError),
+    X3dh(X3dhError),
     /// A ratchet message failed.
     #[error(transparent)]
     Ratchet(#[from] RatchetError),
@@ -119,6 +119,19 @@ pub enum Error {
     },
 }
 
+impl From<X3dhError> for Error {
+    fn from(e: X3dhError) -> Self {
+        match e {
+            X3dhError::Key(k) => Error::Key(k),
+            #[allow(
+                unreachable_patterns,
+                reason = "X3dhError is non_exhaustive and will grow"
+            )]
+            other => Error::X3dh(other),
+        }
+    }
+}
+
 /// A peer presented another account identity than the trusted one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityChange {
@@ -143,10 +156,13 @@ pub enum Event {
     },
     /// A device not seen before, certified by its user's trusted identity.
     DeviceAdded(DeviceAddress),
+    /// A known device presented a new certificate (a new device auth key),
+    /// certified by its user's trusted identity.
+    DeviceChanged(DeviceAddress),
 }
 
-/// A decrypted message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A decrypted message. Its `Debug` output shows the plaintext's length only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Decrypted {
     /// The plaintext.
     pub plaintext: Vec<u8>,
@@ -154,8 +170,9 @@ pub struct Decrypted {
     pub events: Vec<Event>,
 }
 
-/// A message kept in the inbox until the app confirms it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A message kept in the inbox until the app confirms it. Its `Debug` output
+/// shows the plaintext's length only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxMessage {
     /// The server's envelope id.
     pub envelope_id: Vec<u8>,
@@ -165,6 +182,26 @@ pub struct InboxMessage {
     pub plaintext: Vec<u8>,
     /// When it was decrypted.
     pub received_at: u64,
+}
+
+impl std::fmt::Debug for Decrypted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decrypted")
+            .field("plaintext_len", &self.plaintext.len())
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for InboxMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxMessage")
+            .field("envelope_id", &self.envelope_id)
+            .field("sender", &self.sender)
+            .field("plaintext_len", &self.plaintext.len())
+            .field("received_at", &self.received_at)
+            .finish()
+    }
 }
 
 /// What [`SessionManager::receive`] made of an envelope.
@@ -402,30 +439,24 @@ impl<S: Store> SessionManager<S> {
 
     /// The current signed and last-resort prekeys and the certificate, as a
     /// bundle without a one-time prekey (the server adds one per fetch).
-    pub fn bundle(&self) -> PreKeyBundle {
-        PreKeyBundle {
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupted`] if the account lacks a current prekey (it
+    /// always has one unless its record was damaged).
+    pub fn bundle(&self) -> Result<PreKeyBundle, Error> {
+        let current = |kind| {
+            self.prekeys
+                .current(kind)
+                .cloned()
+                .ok_or(Error::Store(StoreError::Corrupted(Table::Account)))
+        };
+        Ok(PreKeyBundle {
             identity: self.identity.public_key(),
             certificate: self.certificate.clone(),
-            signed_prekey: self.current_prekey(PreKeyKind::Signed),
-            last_resort_prekey: self.current_prekey(PreKeyKind::LastResort),
+            signed_prekey: current(PreKeyKind::Signed)?,
+            last_resort_prekey: current(PreKeyKind::LastResort)?,
             one_time_prekey: None,
-        }
-    }
-
-    fn current_prekey(&self, kind: PreKeyKind) -> SignedPreKey {
-        // PreKeyState always holds a current key of each kind: made on creation,
-        // replaced (never removed) on rotation.
-        match self.prekeys.current(kind) {
-            Some(k) => k.clone(),
-            None => SignedPreKey::sign(
-                &self.identity,
-                self.address(),
-                kind,
-                PreKeyId(0),
-                0,
-                X25519PublicKey::from_secret(&Secret32::new([9; 32])),
-            ),
-        }
+        })
     }
 
     /// Makes `count` one-time prekeys (at most [`MAX_ONE_TIME_PREKEYS_PER_BATCH`]),
@@ -608,7 +639,10 @@ impl<S: Store> SessionManager<S> {
         let mut record: DevicesRecord = self.load(Table::Devices, user)?.unwrap_or_default();
         match record.devices.iter_mut().find(|c| c.address() == address) {
             Some(known) if known == certificate => return Ok(()),
-            Some(known) => *known = certificate.clone(),
+            Some(known) => {
+                *known = certificate.clone();
+                events.push(Event::DeviceChanged(address.clone()));
+            }
             None => {
                 record.devices.push(certificate.clone());
                 events.push(Event::DeviceAdded(address.clone()));
@@ -688,12 +722,14 @@ impl<S: Store> SessionManager<S> {
         now: u64,
     ) -> Result<Vec<Event>, Error> {
         let peer = bundle.address().clone();
-        let new_identity = self.check_identity(&peer.user, &bundle.identity, now)?;
+        // Every signature in the bundle is verified first; only an authentic
+        // bundle can report an identity change.
         let session = self.initiate_aside(rng, bundle, now)?;
+        let new_identity = self.check_identity(&peer.user, &bundle.identity, now)?;
         let mut sessions: PeerSessions = self
             .load(Table::Sessions, &peer.to_bytes())?
             .unwrap_or_default();
-        sessions.insert(session);
+        sessions.insert_initiated(session);
 
         let mut events = Vec::new();
         let mut changes = Changes {
@@ -772,7 +808,7 @@ impl<S: Store> SessionManager<S> {
         rng: &mut R,
         peer: &DeviceAddress,
         plaintext: &[u8],
-        _now: u64,
+        now: u64,
     ) -> Result<Vec<u8>, Error> {
         let id = peer.to_bytes();
         let mut sessions: PeerSessions = self
@@ -781,6 +817,7 @@ impl<S: Store> SessionManager<S> {
         let session = sessions
             .active_mut()
             .ok_or_else(|| Error::NoSession(peer.clone()))?;
+        session.prune(now);
         let message = session.encrypt(rng, plaintext)?;
         let mut changes = Changes {
             vault: &self.vault,
@@ -945,17 +982,24 @@ impl<S: Store> SessionManager<S> {
                 if header.certificate.address() != sender {
                     return Err(Error::SenderMismatch);
                 }
-                let new_identity = self.check_identity(&sender.user, &header.identity, now)?;
                 if header.certificate.verify(&header.identity).is_err() {
                     return Err(Error::UntrustedDevice(sender.clone()));
                 }
-                match sessions.by_base_key_mut(&header.base_key) {
+                // An identity change is reported only for a message that
+                // authenticates under the new identity; nothing is stored.
+                let (new_identity, change) =
+                    match self.check_identity(&sender.user, &header.identity, now) {
+                        Ok(new_identity) => (new_identity, None),
+                        Err(Error::IdentityChanged(change)) => (None, Some(change)),
+                        Err(e) => return Err(e),
+                    };
+                let plaintext = match sessions.by_base_key_mut(&header.base_key) {
                     // A repeat of an initial message: the session exists already.
                     Some(session) => session.decrypt(Some(&header), &message, now)?,
                     None => {
                         let mut session = self.respond(changes, &header)?;
                         let plaintext = session.decrypt(Some(&header), &message, now)?;
-                        sessions.insert(session);
+                        sessions.insert_received(session);
                         if let Some(record) = new_identity {
                             changes.put(
                                 Table::Identities,
@@ -975,7 +1019,11 @@ impl<S: Store> SessionManager<S> {
                         )?;
                         plaintext
                     }
+                };
+                if let Some(change) = change {
+                    return Err(Error::IdentityChanged(change));
                 }
+                plaintext
             }
         };
         changes.put(Table::Sessions, &id, &sessions)?;

@@ -1,6 +1,6 @@
 //! The Double Ratchet (Signal's specification) with AES-256-GCM.
 //!
-//! * Root KDF: HKDF-SHA256 ([`root_key`]); chain KDF: HMAC-SHA256 ([`chain_key`]).
+//! * Root KDF: HKDF-SHA256; chain KDF: HMAC-SHA256 (`docs/protocol.md` 5.1).
 //! * Each message key yields an AES-256-GCM key; the 96-bit nonce is random and
 //!   carried in the header; the associated data is the session's AD followed by
 //!   the encoded header.
@@ -156,6 +156,11 @@ impl Ratchet {
         Ok(())
     }
 
+    /// Drops expired skipped keys.
+    pub(crate) fn prune(&mut self, now: u64) {
+        self.skipped.prune(now);
+    }
+
     /// Encrypts one message. The state advances; the caller must persist it
     /// before it releases the ciphertext.
     pub(crate) fn encrypt<R: rand_core::CryptoRng + ?Sized>(
@@ -211,6 +216,7 @@ impl Ratchet {
         if let Some(key) = self.skipped.get(&header.ratchet_key, header.index, now) {
             let plaintext = open(key)?;
             self.skipped.remove(&header.ratchet_key, header.index);
+            self.skipped.prune(now);
             return Ok(plaintext);
         }
 
@@ -240,10 +246,13 @@ impl Ratchet {
         }
 
         // A new remote ratchet key: a DH step, computed aside until it authenticates.
+        // Keys of the previous chain still missing. If more are missing than
+        // the cap, those messages are given up rather than the session.
         let old_chain_rest = match &self.receiving {
             Some(chain) => chain
                 .chain_key
-                .skip_to(chain.index, header.previous_length)?,
+                .skip_to(chain.index, header.previous_length)
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         let dh = diffie_hellman(&self.our_secret, &header.ratchet_key)?;
@@ -395,6 +404,24 @@ mod tests {
             );
             assert!(bob.decrypt(AD, &sent[i as usize], 0).is_err());
         }
+    }
+
+    #[test]
+    fn more_lost_messages_than_the_cap_on_a_finished_chain_do_not_break_the_session() {
+        let (mut alice, mut bob, mut rng) = pair(8);
+        let first = alice.encrypt(&mut rng, AD, b"0").unwrap();
+        bob.decrypt(AD, &first, 0).unwrap();
+        for _ in 0..=MAX_MESSAGE_GAP {
+            alice.encrypt(&mut rng, AD, b"lost").unwrap();
+        }
+        let reply = bob.encrypt(&mut rng, AD, b"still there?").unwrap();
+        alice.decrypt(AD, &reply, 0).unwrap();
+        // A new chain whose PN is more than the cap past what Bob has seen.
+        let next = alice.encrypt(&mut rng, AD, b"yes").unwrap();
+        assert_eq!(bob.decrypt(AD, &next, 0).unwrap(), b"yes");
+        assert_eq!(bob.skipped_len(), 0, "the lost messages' keys are not kept");
+        let more = alice.encrypt(&mut rng, AD, b"and more").unwrap();
+        assert_eq!(bob.decrypt(AD, &more, 0).unwrap(), b"and more");
     }
 
     #[test]

@@ -8,15 +8,20 @@
 //! [`MAX_PREVIOUS_SESSIONS`] previous ones, all tried on decrypt.
 //!
 //! ## Which session is active
-//! Sessions are ordered by `(created_at, base_key)`: the initiator's creation
-//! time from the initial header, then the initiator's base key as bytes. The
-//! greatest is active and is the one used to send. Both devices know both
-//! values of every session between them, so when both initiate at once they
-//! pick the same winner, and a message that arrives on the other session is
-//! decrypted without changing which session is active: no flip-flopping while
-//! messages cross. A newly initiated session (a re-key, or a peer that lost its
-//! state) is newer and takes over. The rule relies on roughly synchronised
-//! clocks only to order sessions created at clearly different times.
+//! The active session is the one used to send; decrypting on another session
+//! never changes it. It changes only when a session is added:
+//!
+//! * a session this device initiates becomes active;
+//! * a session the peer initiated becomes active, unless the active session
+//!   is one this device initiated that is still waiting for its first reply
+//!   and has the greater base key (bytewise). That is the case of both devices
+//!   initiating at once: each sees the other's initial message while its own
+//!   is unanswered, both apply the same comparison to the same two base keys,
+//!   and both end up sending on the same session. Messages that crossed on the
+//!   other session are still decrypted, without changing the choice.
+//!
+//! A peer that lost its state (or re-keys) initiates anew after an
+//! established session: its session takes over. No clock is involved.
 
 use std::borrow::Cow;
 
@@ -173,10 +178,6 @@ impl SessionState {
         }
     }
 
-    fn order_key(&self) -> (u64, [u8; 32]) {
-        (self.created_at, self.base_key.to_bytes())
-    }
-
     pub(crate) fn encrypt<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
@@ -191,6 +192,11 @@ impl SessionState {
             },
             None => SessionMessage::Normal(message),
         })
+    }
+
+    /// Drops expired skipped keys.
+    pub(crate) fn prune(&mut self, now: u64) {
+        self.ratchet.prune(now);
     }
 
     /// Decrypts a ratchet message (with the X3DH header it came with, for an
@@ -229,11 +235,19 @@ pub(crate) struct PeerSessions {
 }
 
 impl PeerSessions {
-    /// Adds a session and re-establishes the order; the oldest beyond the cap is dropped.
-    pub(crate) fn insert(&mut self, session: SessionState) {
-        self.sessions.push(session);
-        self.sessions
-            .sort_by_key(|s| std::cmp::Reverse(s.order_key()));
+    /// Adds a session this device initiated: it becomes active.
+    pub(crate) fn insert_initiated(&mut self, session: SessionState) {
+        self.sessions.insert(0, session);
+        self.sessions.truncate(1 + MAX_PREVIOUS_SESSIONS);
+    }
+
+    /// Adds a session the peer initiated: it becomes active unless the active
+    /// session is our own unanswered one with the greater base key.
+    pub(crate) fn insert_received(&mut self, session: SessionState) {
+        let keep_active = self.sessions.first().is_some_and(|active| {
+            active.pending.is_some() && active.base_key.as_bytes() > session.base_key.as_bytes()
+        });
+        self.sessions.insert(usize::from(keep_active), session);
         self.sessions.truncate(1 + MAX_PREVIOUS_SESSIONS);
     }
 
@@ -262,15 +276,18 @@ impl PeerSessions {
 
     /// Tries every session in order; the first that authenticates the message wins.
     pub(crate) fn decrypt(&mut self, message: &[u8], now: u64) -> Result<Vec<u8>, RatchetError> {
-        let mut first_error = None;
+        let mut error = None;
         for session in &mut self.sessions {
             match session.decrypt(None, message, now) {
                 Ok(plaintext) => return Ok(plaintext),
+                // A session that recognises the message as already received
+                // explains the failure better than the others' mismatches.
+                Err(e @ RatchetError::DuplicateOrExpired) => error = Some(e),
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    error.get_or_insert(e);
                 }
             }
         }
-        Err(first_error.unwrap_or(RatchetError::AuthenticationFailed))
+        Err(error.unwrap_or(RatchetError::AuthenticationFailed))
     }
 }

@@ -166,6 +166,9 @@ pub enum StoreError {
     /// The store already holds an account.
     #[error("the store already holds an account")]
     AccountExists,
+    /// The store is open in another instance (one instance per store).
+    #[error("the store is in use by another instance")]
+    Locked,
     /// The backend failed (I/O, SQLite, an app-provided store).
     #[error("storage backend: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -179,6 +182,11 @@ pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 /// Implementations must apply each [`Batch`] atomically and durably: after
 /// `apply` returns `Ok`, the whole batch survives a crash; if it returns `Err`
 /// or the process dies during the call, none of it is visible afterwards.
+///
+/// One [`SessionManager`](crate::SessionManager) at a time may use a store:
+/// each operation reads, computes and then writes whole rows, so two
+/// instances would overwrite each other's changes (and could revive a spent
+/// message key). Stores should refuse a second user, as [`SqliteStore`] does.
 pub trait Store {
     /// Reads one row.
     ///

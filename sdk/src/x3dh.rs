@@ -17,7 +17,7 @@
 //!
 //! The responder's side (prekey lookup, one-time consumption, the last-resort
 //! replay cache, repeated initial messages) is handled by
-//! [`SessionManager`](crate::SessionManager); [`respond`] is the pure computation.
+//! [`SessionManager`](crate::SessionManager); the functions here are the pure computation.
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -70,7 +70,7 @@ pub struct InitialHeader {
     pub base_key: X25519PublicKey,
     /// The responder prekeys used.
     pub prekeys: PreKeyChoice,
-    /// When the initiator created the session (orders sessions; see `session`).
+    /// When the initiator created the session (informational).
     pub created_at: u64,
 }
 

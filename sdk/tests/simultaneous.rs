@@ -86,3 +86,53 @@ fn a_newer_session_takes_over() {
     let a = p.a_to_b(b"on the new one");
     assert_eq!(p.bob_reads(&a).unwrap(), b"on the new one");
 }
+
+/// A peer that lost its sessions starts again and takes over, whatever the
+/// two clocks say (here the first session was made on a clock a day fast).
+#[test]
+fn a_peer_that_lost_its_state_takes_over_whatever_the_clocks() {
+    let mut p = Pair::new(50);
+    let bundle = bundle_with_one_time(&mut p.bob, &mut p.rng);
+    p.alice
+        .start_session(&mut p.rng, &bundle, p.now + 86_400)
+        .unwrap();
+    let m = p.a_to_b(b"hi");
+    p.bob_reads(&m).unwrap();
+    let r = p.b_to_a(b"hello");
+    p.alice_reads(&r).unwrap();
+
+    // Bob's sessions are lost (say, a restored backup); he starts again.
+    let mut store = p.bob.store().clone();
+    store
+        .rows_mut()
+        .retain(|(t, _), _| *t != hush::store::Table::Sessions);
+    p.bob = hush::SessionManager::open(store, &p.bob_key).unwrap();
+    let alice_bundle = bundle_with_one_time(&mut p.alice, &mut p.rng);
+    p.bob
+        .start_session(&mut p.rng, &alice_bundle, p.now)
+        .unwrap();
+    for round in 0..3u8 {
+        let b = p.b_to_a(&[round]);
+        assert_eq!(p.alice_reads(&b).unwrap(), vec![round]);
+        let a = p.a_to_b(&[round, 1]);
+        assert_eq!(p.bob_reads(&a).unwrap(), vec![round, 1], "round {round}");
+    }
+}
+
+/// Sessions added later never push the newest out, however many there are.
+#[test]
+fn the_newest_session_is_kept_when_the_list_is_full() {
+    let mut p = Pair::new(60);
+    for i in 0..8u64 {
+        let bundle = bundle_with_one_time(&mut p.bob, &mut p.rng);
+        // Each new session is made on an older clock than the one before.
+        p.alice
+            .start_session(&mut p.rng, &bundle, p.now - i * 1000)
+            .unwrap();
+        let m = p.a_to_b(&[i as u8]);
+        assert_eq!(p.bob_reads(&m).unwrap(), vec![i as u8]);
+        let r = p.b_to_a(b"ok");
+        assert_eq!(p.alice_reads(&r).unwrap(), b"ok");
+    }
+    assert_eq!(p.bob.session_count(&addr("alice", 1)).unwrap(), 5);
+}

@@ -50,6 +50,7 @@ fn writer_commits_numbered_batches() {
     for counter in start..start.saturating_add(limit) {
         store.apply(counter_batch(counter)).unwrap();
     }
+    drop(store);
     assert_eq!(
         current_counter(&SqliteStore::open(&path).unwrap()),
         Some(start + limit - 1)
@@ -431,6 +432,16 @@ fn corrupted_and_truncated_databases_are_typed_errors() {
         }
         Ok(alice) => alice,
     };
-    // SQLite may open a cut file lazily; then the first read must fail cleanly.
-    assert!(alice.encrypt(&mut r, &addr("bob", 1), b"x", T0).is_err());
+    // SQLite may open a cut file lazily; then the first read must fail cleanly,
+    // as a storage error (not as a missing session).
+    let got = alice.encrypt(&mut r, &addr("bob", 1), b"x", T0);
+    assert!(
+        matches!(
+            got,
+            Err(Error::Store(
+                StoreError::Backend(_) | StoreError::Corrupted(_)
+            ))
+        ),
+        "{got:?}"
+    );
 }

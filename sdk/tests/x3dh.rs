@@ -23,7 +23,7 @@ fn both_sides_derive_the_same_session_with_and_without_one_time_prekey() {
         let bundle = if with_otk {
             bundle_with_one_time(&mut p.bob, &mut p.rng)
         } else {
-            p.bob.bundle()
+            p.bob.bundle().unwrap()
         };
         let events = p.alice.start_session(&mut p.rng, &bundle, p.now).unwrap();
         assert!(events.contains(&Event::DeviceAdded(addr("bob", 1))));
@@ -57,24 +57,22 @@ fn bad_signatures_and_foreign_certificates_are_refused_before_any_session() {
 
     // A signed prekey of another identity.
     let bad_spk = PreKeyBundle {
-        signed_prekey: mallory.bundle().signed_prekey,
+        signed_prekey: mallory.bundle().unwrap().signed_prekey,
         ..good.clone()
     };
     assert!(matches!(
         p.alice.start_session(&mut p.rng, &bad_spk, T0),
-        Err(Error::X3dh(hush::x3dh::X3dhError::Key(
-            KeyError::BadSignature(_)
-        )))
+        Err(Error::Key(KeyError::BadSignature(_)))
     ));
     // A last-resort prekey of another identity.
     let bad_lrk = PreKeyBundle {
-        last_resort_prekey: mallory.bundle().last_resort_prekey,
+        last_resort_prekey: mallory.bundle().unwrap().last_resort_prekey,
         ..good.clone()
     };
     assert!(p.alice.start_session(&mut p.rng, &bad_lrk, T0).is_err());
     // A certificate of another identity.
     let bad_cert = PreKeyBundle {
-        certificate: mallory.bundle().certificate,
+        certificate: mallory.bundle().unwrap().certificate,
         ..good.clone()
     };
     assert!(p.alice.start_session(&mut p.rng, &bad_cert, T0).is_err());
@@ -175,7 +173,7 @@ fn repeated_initial_messages_reach_the_same_session() {
 #[test]
 fn a_replayed_last_resort_initial_message_is_refused() {
     let mut p = Pair::new(6);
-    let bundle = p.bob.bundle(); // no one-time prekey left: last resort
+    let bundle = p.bob.bundle().unwrap(); // no one-time prekey left: last resort
     p.alice.start_session(&mut p.rng, &bundle, T0).unwrap();
     let m = p.a_to_b(b"hello");
     assert_eq!(p.bob_reads(&m).unwrap(), b"hello");
@@ -211,21 +209,21 @@ fn a_replayed_last_resort_initial_message_is_refused() {
 #[test]
 fn rotated_prekeys_still_open_queued_first_messages_within_the_grace_period() {
     let mut p = Pair::new(9);
-    let bundle = p.bob.bundle();
+    let bundle = p.bob.bundle().unwrap();
     p.alice.start_session(&mut p.rng, &bundle, T0).unwrap();
     let m = p.a_to_b(b"queued");
     // Bob rotates after 8 days; the message was queued meanwhile.
     let later = T0 + 8 * 24 * 3600;
     assert!(p.bob.rotate_prekeys(&mut p.rng, later).unwrap());
     assert_ne!(
-        p.bob.bundle().last_resort_prekey.id(),
+        p.bob.bundle().unwrap().last_resort_prekey.id(),
         bundle.last_resort_prekey.id()
     );
     p.now = later;
     assert_eq!(p.bob_reads(&m).unwrap(), b"queued");
     // Far past the grace period the old key is gone.
     let mut p = Pair::new(10);
-    let bundle = p.bob.bundle();
+    let bundle = p.bob.bundle().unwrap();
     p.alice.start_session(&mut p.rng, &bundle, T0).unwrap();
     let m = p.a_to_b(b"too late");
     let t1 = T0 + 8 * 24 * 3600;
@@ -343,7 +341,7 @@ fn small_order_and_non_canonical_keys_in_messages_are_refused_at_decoding() {
     }
     assert_eq!(p.bob_reads(&m).unwrap(), b"x");
     // Prekeys with such keys do not decode either.
-    let mut spk = p.bob.bundle().signed_prekey.to_bytes();
+    let mut spk = p.bob.bundle().unwrap().signed_prekey.to_bytes();
     spk[13..45].copy_from_slice(&[0u8; 32]);
     assert_eq!(
         hush::keys::SignedPreKey::from_bytes(&spk),
@@ -353,16 +351,74 @@ fn small_order_and_non_canonical_keys_in_messages_are_refused_at_decoding() {
 
 #[test]
 fn debug_output_of_public_types_shows_no_secrets() {
-    let p = Pair::connected(16);
+    let mut p = Pair::connected(16);
     let key = format!("{:?}", StorageKey::from_bytes([0xab; 32]));
     assert!(!key.contains("ab") && !key.contains("171"), "{key}");
-    let manager = format!("{:?} {:?}", p.alice, p.alice.identity_key_pair());
-    let session = format!(
-        "{:?}",
-        p.alice.active_session(&addr("bob", 1)).unwrap().unwrap()
-    );
-    for printed in [manager, session] {
-        assert!(!printed.contains("Secret"), "{printed}");
-        assert!(!printed.contains("seed"), "{printed}");
+    let m = p.a_to_b(b"very private words");
+    let bob_addr = addr("bob", 1);
+    let alice_addr = p.alice.address().clone();
+    let decrypted = p.bob.decrypt(&mut p.rng, &alice_addr, &m, T0).unwrap();
+    let seed = p.alice.identity_key_pair().to_seed_bytes();
+    let auth_seed = p.alice.device_auth_key().to_seed_bytes();
+    let printed = [
+        format!("{:?}", p.alice),
+        format!("{:?}", p.alice.identity_key_pair()),
+        format!("{:?}", p.alice.device_auth_key()),
+        format!("{:?}", p.alice.active_session(&bob_addr).unwrap().unwrap()),
+        format!("{decrypted:?}"),
+    ]
+    .join("\n");
+    for secret in [&seed[..], &auth_seed[..]] {
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let list = format!("{:?}", &secret[..6]);
+        assert!(!printed.contains(&hex[..12]), "{printed}");
+        assert!(!printed.contains(&list[1..list.len() - 1]), "{printed}");
     }
+    assert!(!printed.contains("very private"), "{printed}");
+    // Seeds restore the same keys.
+    let restored = IdentityKeyPair::from_seed_bytes(&seed);
+    assert_eq!(restored.public_key(), p.alice.identity_key());
+}
+
+/// An identity change is reported only for a message that authenticates under
+/// the new identity: a forged header naming another identity is refused
+/// without any warning the user could be talked into accepting.
+#[test]
+fn an_identity_change_is_reported_only_for_authentic_messages() {
+    let mut p = Pair::connected(17);
+    let m = p.a_to_b(b"first");
+    p.bob_reads(&m).unwrap();
+    // The server replays Alice's initial message with another identity pasted in.
+    let mut r = rng(18);
+    let mallory = IdentityKeyPair::generate(&mut r);
+    let identity_at = 1 + 1 + 115;
+    let mut forged = m.clone();
+    forged[identity_at..identity_at + 32].copy_from_slice(&mallory.public_key().to_bytes());
+    let got = p.bob_reads(&forged);
+    assert!(!matches!(got, Err(Error::IdentityChanged(_))), "{got:?}");
+    assert!(got.is_err());
+
+    // Alice really rotates her identity (a new account identity on the same
+    // device address): that message authenticates, so the change is reported.
+    let mut r = rng(19);
+    let key = StorageKey::generate(&mut r);
+    let mut new_alice = device(MemoryStore::new(), &key, "alice", 1, &mut r);
+    let bundle = bundle_with_one_time(&mut p.bob, &mut p.rng);
+    new_alice.start_session(&mut r, &bundle, T0).unwrap();
+    let m = new_alice
+        .encrypt(&mut r, &addr("bob", 1), b"new me", T0)
+        .unwrap();
+    let before = p.bob.store().clone();
+    match p.bob_reads(&m) {
+        Err(Error::IdentityChanged(change)) => {
+            assert_eq!(change.received, new_alice.identity_key());
+            assert_eq!(change.trusted, p.alice.identity_key());
+        }
+        other => panic!("expected an identity change, got {other:?}"),
+    }
+    assert_eq!(
+        &before,
+        p.bob.store(),
+        "nothing is stored before the user decides"
+    );
 }

@@ -151,6 +151,16 @@ def x3dh():
             choice = b"\x02" + struct.pack(">I", medium_id)
         header = b"\x01" + h(a["certificate"]) + a_ik + x25519_public(ek) + choice + struct.pack(">Q", 1700000060)
         check(f"{name} initial header", header.hex(), case["initial_header"])
+        # The first session message: ratchet initialisation (5.2), the initial
+        # header in the associated data (5.4), the initial form (6).
+        first = case["first_message"]
+        alice = Party(sk, h(first["ratchet_secret"]), medium)
+        alice.send_chain = alice.kdf_rk(x25519(alice.secret, medium))
+        _, ratchet_message = alice.send(None, h(first["nonce"]), ad + header, h(first["plaintext"]))
+        check(f"{name} first session message", (b"\x01" + header + ratchet_message).hex(), first["session_message"])
+        # Bob, as responder, opens it with the prekey pair as his ratchet key.
+        bob = Party(sk, medium_secret, None)
+        check(f"{name} first message opens", bob.receive(ad + header, ratchet_message), h(first["plaintext"]))
 
 
 class Party:

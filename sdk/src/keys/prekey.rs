@@ -39,22 +39,8 @@ pub struct SignedPreKey {
     id: PreKeyId,
     created_at: u64,
     key: X25519PublicKey,
-    #[serde(with = "sig_serde")]
+    #[serde(with = "super::bytes64")]
     signature: [u8; 64],
-}
-
-mod sig_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(sig)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let v: &[u8] = <&[u8]>::deserialize(d)?;
-        v.try_into()
-            .map_err(|_| serde::de::Error::custom("signature must be 64 bytes"))
-    }
 }
 
 impl SignedPreKey {
@@ -398,6 +384,20 @@ mod tests {
         assert!(spk.verify(&id.public_key(), &b).is_err());
         let round = SignedPreKey::from_bytes(&spk.to_bytes()).unwrap();
         assert_eq!(&round, spk);
+    }
+
+    #[test]
+    fn prekeys_round_trip_through_a_self_describing_format() {
+        let mut rng = ChaCha20Rng::from_seed([4; 32]);
+        let id = IdentityKeyPair::generate(&mut rng);
+        let a = DeviceAddress::new(UserId::new("bob").unwrap(), DeviceId(1));
+        let state = PreKeyState::new(&mut rng, &id, &a, PreKeySettings::default(), 100);
+        let spk = state.current(PreKeyKind::Signed).unwrap();
+        let json = serde_json::to_string(spk).unwrap();
+        let back: SignedPreKey = serde_json::from_str(&json).unwrap();
+        assert_eq!(&back, spk);
+        let pc: SignedPreKey = postcard::from_bytes(&postcard::to_allocvec(spk).unwrap()).unwrap();
+        assert_eq!(&pc, spk);
     }
 
     #[test]

@@ -29,7 +29,7 @@ impl MessageKey {
         let mut aes_key = Secret32::zero();
         // 32 bytes is a valid HKDF-SHA256 output length.
         let _ = hk.expand(MESSAGE_KEY_INFO, aes_key.as_mut());
-        Aes256Gcm::new(&(*aes_key.as_bytes()).into())
+        Aes256Gcm::new(aes_key.as_bytes().into())
     }
 
     pub(crate) fn encrypt(

@@ -3,6 +3,13 @@
 //! One table `kv(tbl, k, v)`; WAL journal with `synchronous = FULL`, so a batch
 //! that `apply` reported as written survives a power loss, and each batch is
 //! one SQLite transaction, so a crash never leaves half of it.
+//!
+//! The database is used by one instance at a time, enforced with an exclusive
+//! lock on `<database>.lock` held while the store is open.
+//! Two `SessionManager`s over one database would each commit state computed
+//! from what they read before, and could bring back a spent message key; a
+//! second open fails with [`StoreError::Locked`] instead. Deleted content is
+//! overwritten (`secure_delete`), so old ratchet states do not linger in free pages.
 
 use std::path::Path;
 
@@ -17,10 +24,17 @@ const SCHEMA_VERSION: i64 = 1;
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    /// An exclusive advisory lock on `<database>.lock`, held while open.
+    _lock: Option<std::fs::File>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(Box::new(e))
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Locked
+        }
+        _ => StoreError::Backend(Box::new(e)),
+    }
 }
 
 impl SqliteStore {
@@ -30,7 +44,21 @@ impl SqliteStore {
     /// [`StoreError::Backend`] if the file cannot be opened or is not a Hush
     /// database; [`StoreError::UnsupportedVersion`] for a newer schema.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        Self::setup(Connection::open(path).map_err(backend)?)
+        let path = path.as_ref();
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked),
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Backend(Box::new(e))),
+        }
+        Self::setup(Connection::open(path).map_err(backend)?, Some(lock))
     }
 
     /// A private in-memory database.
@@ -38,10 +66,10 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Backend`] if SQLite fails.
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory().map_err(backend)?)
+        Self::setup(Connection::open_in_memory().map_err(backend)?, None)
     }
 
-    fn setup(conn: Connection) -> Result<Self, StoreError> {
+    fn setup(conn: Connection, lock: Option<std::fs::File>) -> Result<Self, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -73,7 +101,7 @@ impl SqliteStore {
                 ));
             }
         }
-        Ok(Self { conn })
+        Ok(Self { conn, _lock: lock })
     }
 }
 
@@ -153,6 +181,17 @@ mod tests {
             s.scan(Table::Inbox).unwrap(),
             vec![(b"a".to_vec(), b"3".to_vec())]
         );
+    }
+
+    #[test]
+    fn a_second_instance_on_one_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.db");
+        let first = SqliteStore::open(&path).unwrap();
+        let second = SqliteStore::open(&path);
+        assert!(matches!(second, Err(StoreError::Locked)), "{second:?}");
+        drop(first);
+        assert!(SqliteStore::open(&path).is_ok());
     }
 
     #[test]

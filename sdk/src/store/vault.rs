@@ -52,7 +52,7 @@ impl Vault {
     pub(crate) fn new(key: &StorageKey) -> Self {
         let seal = derive(key, b"hush.v1.store.seal");
         Self {
-            cipher: Aes256Gcm::new(&(*seal.as_bytes()).into()),
+            cipher: Aes256Gcm::new(seal.as_bytes().into()),
             index_key: derive(key, b"hush.v1.store.index"),
             check: derive(key, b"hush.v1.store.check"),
         }
@@ -93,8 +93,12 @@ impl Vault {
         row: &[u8],
         value: &T,
     ) -> Result<Vec<u8>, StoreError> {
-        let mut plain =
-            postcard::to_allocvec(value).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        // Serialise into a buffer of the exact size, so no reallocation
+        // leaves a stray copy of secrets behind; it is wiped below.
+        let size = postcard::experimental::serialized_size(value)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let mut plain = vec![0u8; size];
+        postcard::to_slice(value, &mut plain).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let mut nonce = [0u8; 12];
         rng.fill_bytes(&mut nonce);
         let aad = Self::aad(table, row, RECORD_VERSION);

@@ -43,7 +43,7 @@ pub(crate) fn bundle_with_one_time<S: Store>(
     let otk = m.generate_one_time_prekeys(rng, 1).unwrap();
     PreKeyBundle {
         one_time_prekey: Some(otk[0]),
-        ..m.bundle()
+        ..m.bundle().unwrap()
     }
 }
 
