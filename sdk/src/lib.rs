@@ -11,6 +11,7 @@
     )
 )]
 
+pub mod attachment;
 mod codec;
 pub mod keys;
 pub mod ratchet;
