@@ -120,7 +120,7 @@ fn build() -> Fixture {
         .expect("one-time prekeys");
     let bundle = PreKeyBundle {
         one_time_prekey: one_time.first().copied(),
-        ..bob.bundle()
+        ..bob.bundle().expect("bundle")
     };
     alice
         .start_session(&mut rng, &bundle, NOW)
@@ -158,7 +158,7 @@ fn build() -> Fixture {
 
     // No one-time prekey: Carol's session uses Bob's last-resort prekey.
     carol
-        .start_session(&mut rng, &bob.bundle(), NOW)
+        .start_session(&mut rng, &bob.bundle().expect("bundle"), NOW)
         .expect("Carol starts");
     let carol_initial = carol
         .encrypt(&mut rng, bob.address(), b"hi from Carol", NOW)
@@ -169,7 +169,7 @@ fn build() -> Fixture {
     bob.decrypt(&mut rng, carol.address(), &carol_initial, NOW)
         .expect("Bob decrypts Carol");
 
-    let carol_bundle = carol.bundle();
+    let carol_bundle = carol.bundle().expect("bundle");
     Fixture {
         fresh,
         established: bob.store().clone(),

@@ -80,7 +80,7 @@ fn bundle<S: Store>(owner: &mut SessionManager<S>, rng: &mut ChaCha20Rng) -> Pre
         .expect("one-time prekey");
     PreKeyBundle {
         one_time_prekey: one_time.first().copied(),
-        ..owner.bundle()
+        ..owner.bundle().expect("bundle")
     }
 }
 

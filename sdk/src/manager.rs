@@ -624,17 +624,15 @@ impl<S: Store> SessionManager<S> {
 
     /// Records a device whose certificate verifies under the user's identity
     /// (trusted on first use). A device already known is no event.
+    ///
+    /// The caller has verified `certificate` under the user's identity.
     fn note_device<R: rand_core::CryptoRng + ?Sized>(
         &self,
         changes: &mut Changes<'_, R>,
-        identity: &IdentityKey,
         certificate: &DeviceCertificate,
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
         let address = certificate.address();
-        if certificate.verify(identity).is_err() {
-            return Err(Error::UntrustedDevice(address.clone()));
-        }
         let user = address.user.as_str().as_bytes();
         let mut record: DevicesRecord = self.load(Table::Devices, user)?.unwrap_or_default();
         match record.devices.iter_mut().find(|c| c.address() == address) {
@@ -672,7 +670,10 @@ impl<S: Store> SessionManager<S> {
             rng,
             batch: Batch::new(),
         };
-        self.note_device(&mut changes, &identity, certificate, &mut events)?;
+        if certificate.verify(&identity).is_err() {
+            return Err(Error::UntrustedDevice(address.clone()));
+        }
+        self.note_device(&mut changes, certificate, &mut events)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
         Ok(events)
@@ -744,12 +745,8 @@ impl<S: Store> SessionManager<S> {
                 identity: record.identity,
             });
         }
-        self.note_device(
-            &mut changes,
-            &bundle.identity,
-            &bundle.certificate,
-            &mut events,
-        )?;
+        // The bundle, certificate included, was verified by X3DH.
+        self.note_device(&mut changes, &bundle.certificate, &mut events)?;
         changes.put(Table::Sessions, &peer.to_bytes(), &sessions)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
@@ -1011,12 +1008,8 @@ impl<S: Store> SessionManager<S> {
                                 identity: record.identity,
                             });
                         }
-                        self.note_device(
-                            changes,
-                            &header.identity,
-                            &header.certificate,
-                            &mut events,
-                        )?;
+                        // The certificate was verified above.
+                        self.note_device(changes, &header.certificate, &mut events)?;
                         plaintext
                     }
                 };
