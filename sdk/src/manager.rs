@@ -343,11 +343,7 @@ impl<S: Store> SessionManager<S> {
             certificate,
             prekeys,
         };
-        let mut changes = Changes {
-            vault: &this.vault,
-            rng,
-            batch: Batch::new(),
-        };
+        let mut changes = this.changes(rng);
         changes
             .batch
             .put(Table::Meta, CHECK_ROW.to_vec(), this.vault.check_value());
@@ -393,6 +389,15 @@ impl<S: Store> SessionManager<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// An empty set of changes, sealed as they are added.
+    fn changes<'a, R: rand_core::CryptoRng + ?Sized>(&'a self, rng: &'a mut R) -> Changes<'a, R> {
+        Changes {
+            vault: &self.vault,
+            rng,
+            batch: Batch::new(),
+        }
     }
 
     fn account_record(&self) -> AccountRecord {
@@ -487,11 +492,7 @@ impl<S: Store> SessionManager<S> {
             prekeys: prekeys.clone(),
             ..self.account_record()
         };
-        let mut changes = Changes {
-            vault: &self.vault,
-            rng,
-            batch: Batch::new(),
-        };
+        let mut changes = self.changes(rng);
         for r in &records {
             changes.put(Table::OneTimePreKeys, &r.id.0.to_be_bytes(), r)?;
         }
@@ -520,11 +521,7 @@ impl<S: Store> SessionManager<S> {
             prekeys: prekeys.clone(),
             ..self.account_record()
         };
-        let mut changes = Changes {
-            vault: &self.vault,
-            rng,
-            batch: Batch::new(),
-        };
+        let mut changes = self.changes(rng);
         changes.put(Table::Account, ACCOUNT_ROW, &account)?;
         if !dropped.is_empty() {
             for (row, sealed) in self.store.scan(Table::LastResortReplay)? {
@@ -591,11 +588,7 @@ impl<S: Store> SessionManager<S> {
         let devices: DevicesRecord = self
             .load(Table::Devices, user.as_str().as_bytes())?
             .unwrap_or_default();
-        let mut changes = Changes {
-            vault: &self.vault,
-            rng,
-            batch: Batch::new(),
-        };
+        let mut changes = self.changes(rng);
         for cert in &devices.devices {
             changes.delete(Table::Sessions, &cert.address().to_bytes());
         }
@@ -665,11 +658,7 @@ impl<S: Store> SessionManager<S> {
             .trusted_identity(&address.user)?
             .ok_or_else(|| Error::UntrustedDevice(address.clone()))?;
         let mut events = Vec::new();
-        let mut changes = Changes {
-            vault: &self.vault,
-            rng,
-            batch: Batch::new(),
-        };
+        let mut changes = self.changes(rng);
         if certificate.verify(&identity).is_err() {
             return Err(Error::UntrustedDevice(address.clone()));
         }
@@ -733,11 +722,7 @@ impl<S: Store> SessionManager<S> {
         sessions.insert_initiated(session);
 
         let mut events = Vec::new();
-        let mut changes = Changes {
-            vault: &self.vault,
-            rng,
-            batch: Batch::new(),
-        };
+        let mut changes = self.changes(rng);
         if let Some(record) = new_identity {
             changes.put(Table::Identities, peer.user.as_str().as_bytes(), &record)?;
             events.push(Event::IdentityTrusted {
@@ -779,11 +764,7 @@ impl<S: Store> SessionManager<S> {
     ) -> Result<(SessionState, Vec<u8>), Error> {
         match SessionMessage::from_bytes(bytes)? {
             SessionMessage::Initial { header, message } => {
-                let mut changes = Changes {
-                    vault: &self.vault,
-                    rng,
-                    batch: Batch::new(),
-                };
+                let mut changes = self.changes(rng);
                 let mut session = self.respond(&mut changes, &header)?;
                 let plaintext = session.decrypt(Some(&header), &message, now)?;
                 Ok((session, plaintext))
@@ -816,11 +797,7 @@ impl<S: Store> SessionManager<S> {
             .ok_or_else(|| Error::NoSession(peer.clone()))?;
         session.prune(now);
         let message = session.encrypt(rng, plaintext)?;
-        let mut changes = Changes {
-            vault: &self.vault,
-            rng,
-            batch: Batch::new(),
-        };
+        let mut changes = self.changes(rng);
         changes.put(Table::Sessions, &id, &sessions)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
@@ -840,11 +817,7 @@ impl<S: Store> SessionManager<S> {
         bytes: &[u8],
         now: u64,
     ) -> Result<Decrypted, Error> {
-        let mut changes = Changes {
-            vault: &self.vault,
-            rng,
-            batch: Batch::new(),
-        };
+        let mut changes = self.changes(rng);
         let (plaintext, events) = self.decrypt_aside(&mut changes, sender, bytes, now)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
@@ -877,11 +850,7 @@ impl<S: Store> SessionManager<S> {
                 },
             );
         }
-        let mut changes = Changes {
-            vault: &self.vault,
-            rng,
-            batch: Batch::new(),
-        };
+        let mut changes = self.changes(rng);
         let (plaintext, events) = self.decrypt_aside(&mut changes, sender, bytes, now)?;
         let message = InboxMessage {
             envelope_id: envelope_id.to_vec(),
