@@ -12,6 +12,7 @@
 )]
 
 pub mod attachment;
+pub mod client;
 mod codec;
 pub mod keys;
 pub mod ratchet;

@@ -159,6 +159,8 @@ pub enum Event {
     /// A known device presented a new certificate (a new device auth key),
     /// certified by its user's trusted identity.
     DeviceChanged(DeviceAddress),
+    /// A device is gone from its user's device list; its sessions were dropped.
+    DeviceRemoved(DeviceAddress),
 }
 
 /// A decrypted message. Its `Debug` output shows the plaintext's length only.
@@ -666,6 +668,32 @@ impl<S: Store> SessionManager<S> {
         let batch = changes.batch;
         self.store.apply(batch)?;
         Ok(events)
+    }
+
+    /// Forgets a device that left its user's device list (the server reported
+    /// it as extra, or the user removed it): its certificate and sessions.
+    /// Returns [`Event::DeviceRemoved`] if the device was known.
+    ///
+    /// # Errors
+    /// A store error.
+    pub fn remove_device<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        device: &DeviceAddress,
+    ) -> Result<Option<Event>, Error> {
+        let user = device.user.as_str().as_bytes();
+        let mut record: DevicesRecord = self.load(Table::Devices, user)?.unwrap_or_default();
+        let before = record.devices.len();
+        record.devices.retain(|c| c.address() != device);
+        let known = record.devices.len() != before;
+        let mut changes = self.changes(rng);
+        changes.delete(Table::Sessions, &device.to_bytes());
+        if known {
+            changes.put(Table::Devices, user, &record)?;
+        }
+        let batch = changes.batch;
+        self.store.apply(batch)?;
+        Ok(known.then(|| Event::DeviceRemoved(device.clone())))
     }
 
     /// Whether a session with `peer` exists.

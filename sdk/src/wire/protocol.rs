@@ -184,10 +184,12 @@ pub enum Request {
         /// One-time prekeys, at most [`MAX_ONE_TIME_PREKEYS_PER_REQUEST`].
         one_time: Vec<OneTimePreKey>,
     },
-    /// Fetches a bundle for every device of a user (one one-time prekey each).
+    /// Fetches a bundle for devices of a user (one one-time prekey each).
     FetchBundles {
         /// The user.
         user: UserId,
+        /// Only these devices; every device of the user when empty.
+        devices: Vec<DeviceId>,
     },
     /// Lists the device certificates of a user.
     ListDevices {
@@ -716,6 +718,11 @@ mod tests {
             },
             Request::FetchBundles {
                 user: s.user.clone(),
+                devices: Vec::new(),
+            },
+            Request::FetchBundles {
+                user: s.user.clone(),
+                devices: vec![DeviceId(2), DeviceId(5)],
             },
             Request::ListDevices {
                 user: s.user.clone(),

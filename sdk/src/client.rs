@@ -1,0 +1,790 @@
+//! The sans-IO client of the reference server protocol.
+//!
+//! [`Client`] owns a [`SessionManager`] and speaks the protocol of
+//! [`crate::wire::protocol`] without doing any I/O: the host connects a TLS
+//! socket to the server and then, in a loop,
+//!
+//! 1. after (re)connecting, calls [`Client::handle_connected`];
+//! 2. feeds every byte it reads to [`Client::handle_input`];
+//! 3. writes out everything [`Client::poll_transmit`] returns;
+//! 4. handles every [`ClientEvent`] from [`Client::poll_event`];
+//! 5. sleeps until [`Client::poll_timeout`] at most, then calls
+//!    [`Client::handle_timeout`].
+//!
+//! The client logs in when the server's challenge arrives, publishes its
+//! certificate and prekeys, replenishes one-time prekeys when the server says
+//! they run low, fans each message out to every device of the recipient and a
+//! copy to the sender's own other devices, corrects its device list when the
+//! server reports missing or extra devices (and retries once), and hands
+//! received messages to the app as events. A received message is acknowledged
+//! to the server only after the app called [`Client::confirm`]: until then it
+//! stays in the store's inbox and in the server's queue, so a crash between
+//! the event and the confirmation delivers the same plaintext again.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::keys::{DeviceAddress, DeviceId, UserId};
+use crate::manager::{Error, Event, IdentityChange, Received, SessionManager};
+use crate::store::Store;
+use crate::wire::content::{Body, Content, ContentError, MessageId};
+use crate::wire::envelope::{Envelope, EnvelopeError};
+use crate::wire::frame::{FrameDecoder, FrameError, encode_frame};
+use crate::wire::protocol::{
+    ClientFrame, Delivery, EnvelopeId, InvalidServerName, MAX_FRAME_LEN, ProtocolDecodeError,
+    ProtocolError, Push, Request, Response, ServerFrame, canonical_server_name, sign_auth,
+};
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// One-time prekeys published when the server says they run low.
+    pub one_time_prekey_batch: usize,
+    /// Seconds between keep-alive pings.
+    pub ping_interval: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            one_time_prekey_batch: 50,
+            ping_interval: 30,
+        }
+    }
+}
+
+/// Errors that stop the client from handling input.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The byte stream is broken; reconnect.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The server sent a frame this client cannot read; reconnect.
+    #[error(transparent)]
+    Decode(#[from] ProtocolDecodeError),
+    /// The SDK core failed (usually the store).
+    #[error(transparent)]
+    Sdk(#[from] Error),
+    /// The message cannot be encoded.
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    /// An envelope cannot be built.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The server name is not a DNS name or IP literal.
+    #[error(transparent)]
+    ServerName(#[from] InvalidServerName),
+}
+
+/// What the app learns from the client.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// Logged in; queued messages follow, then [`ClientEvent::QueueEmpty`].
+    Authenticated,
+    /// Every queued message was delivered.
+    QueueEmpty,
+    /// A message. Call [`Client::confirm`] once the app has kept it.
+    Message {
+        /// The server's id (what [`Client::confirm`] takes).
+        envelope_id: EnvelopeId,
+        /// The sending device.
+        sender: DeviceAddress,
+        /// When the server accepted it.
+        server_time: u64,
+        /// The message.
+        content: Content,
+    },
+    /// The server stored the message for every device of the recipient.
+    Sent {
+        /// The message.
+        message: MessageId,
+        /// Who it went to.
+        recipient: UserId,
+    },
+    /// The message could not be sent.
+    DeliveryFailed {
+        /// The message.
+        message: MessageId,
+        /// Who it was for.
+        recipient: UserId,
+        /// Why.
+        reason: String,
+    },
+    /// An identity was trusted, or a device added, changed or removed.
+    Trust(Event),
+    /// A peer presented another account identity; nothing from or to it is
+    /// accepted until the app calls
+    /// [`SessionManager::accept_identity_change`].
+    IdentityChanged(Box<IdentityChange>),
+    /// A device whose certificate does not verify under its user's trusted
+    /// identity was refused (a server cannot add a ghost device).
+    DeviceRefused(DeviceAddress),
+    /// A delivered envelope could not be decrypted and was dropped.
+    Undecryptable {
+        /// The server's id.
+        envelope_id: EnvelopeId,
+        /// The claimed sender.
+        sender: DeviceAddress,
+        /// Why.
+        reason: String,
+    },
+    /// New one-time prekeys were published.
+    PreKeysReplenished {
+        /// How many.
+        count: usize,
+    },
+    /// The server refused a request.
+    ServerError(ProtocolError),
+}
+
+enum Pending {
+    Authenticate,
+    PublishPreKeys { one_time: usize },
+    ListOwnDevices,
+    FetchBundles { job: u64 },
+    Send { job: u64 },
+    Quiet,
+}
+
+struct SendJob {
+    recipient: UserId,
+    message: MessageId,
+    padded: Zeroizing<Vec<u8>>,
+    retried: bool,
+}
+
+/// The sans-IO client; see the module documentation for the host's loop.
+pub struct Client<S: Store> {
+    manager: SessionManager<S>,
+    server_name: String,
+    config: ClientConfig,
+    decoder: FrameDecoder,
+    authenticated: bool,
+    next_request: u32,
+    pending: BTreeMap<u32, Pending>,
+    jobs: BTreeMap<u64, SendJob>,
+    next_job: u64,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<ClientEvent>,
+    next_ping: Option<u64>,
+}
+
+impl<S: Store> std::fmt::Debug for Client<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("device", self.manager.address())
+            .field("server", &self.server_name)
+            .field("authenticated", &self.authenticated)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Client<S> {
+    /// A client for the device in `manager`, talking to `server_name` (the
+    /// name the host dials, without a port).
+    ///
+    /// # Errors
+    /// [`ClientError::ServerName`] for a name that is not a DNS name or IP literal.
+    pub fn new(
+        manager: SessionManager<S>,
+        server_name: &str,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            manager,
+            server_name: canonical_server_name(server_name)?,
+            config,
+            decoder: FrameDecoder::new(MAX_FRAME_LEN),
+            authenticated: false,
+            next_request: 1,
+            pending: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            next_job: 1,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            next_ping: None,
+        })
+    }
+
+    /// The device's state.
+    pub fn manager(&self) -> &SessionManager<S> {
+        &self.manager
+    }
+
+    /// The device's state, to accept an identity change or manage prekeys.
+    pub fn manager_mut(&mut self) -> &mut SessionManager<S> {
+        &mut self.manager
+    }
+
+    /// Gives the device's state back.
+    pub fn into_manager(self) -> SessionManager<S> {
+        self.manager
+    }
+
+    /// Whether the connection is logged in.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// A new connection is up: forget the old one's state. Messages not yet
+    /// sent are sent again after login.
+    pub fn handle_connected(&mut self, _now: u64) {
+        self.decoder = FrameDecoder::new(MAX_FRAME_LEN);
+        self.authenticated = false;
+        self.pending.clear();
+        self.transmit.clear();
+        self.next_ping = None;
+        for job in self.jobs.values_mut() {
+            job.retried = false;
+        }
+    }
+
+    /// Bytes read from the connection.
+    ///
+    /// # Errors
+    /// [`ClientError::Frame`] or [`ClientError::Decode`] when the stream is
+    /// broken (reconnect); [`ClientError::Sdk`] when the store fails.
+    pub fn handle_input<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<(), ClientError> {
+        self.decoder.push(bytes)?;
+        while let Some(payload) = self.decoder.next_frame()? {
+            match ServerFrame::from_payload(&payload)? {
+                ServerFrame::Push(push) => self.handle_push(rng, push, now)?,
+                ServerFrame::Response { id, result } => {
+                    if let Some(pending) = self.pending.remove(&id) {
+                        self.handle_response(rng, pending, result, now)?;
+                    }
+                }
+                #[allow(unreachable_patterns, reason = "ServerFrame is non_exhaustive")]
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The time given by [`Self::poll_timeout`] has come.
+    ///
+    /// # Errors
+    /// [`ClientError::Sdk`] when the store fails.
+    pub fn handle_timeout<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        now: u64,
+    ) -> Result<(), ClientError> {
+        if !self.authenticated || self.next_ping.is_some_and(|t| now < t) {
+            return Ok(());
+        }
+        self.next_ping = Some(now.saturating_add(self.config.ping_interval));
+        self.request(Request::Ping, Pending::Quiet);
+        if self.manager.rotate_prekeys(rng, now)? {
+            self.publish_signed_prekeys()?;
+        }
+        Ok(())
+    }
+
+    /// The next bytes to write to the connection.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event for the app.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] wants to be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.next_ping
+    }
+
+    /// Sends a text message to every device of `recipient`.
+    ///
+    /// # Errors
+    /// As [`Self::send`].
+    pub fn send_text<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        recipient: &UserId,
+        text: &str,
+        now: u64,
+    ) -> Result<MessageId, ClientError> {
+        self.send(rng, recipient, Body::Text(text.to_owned()), now)
+    }
+
+    /// Sends a message to every device of `recipient`, and a copy to this
+    /// user's other devices. The outcome comes as [`ClientEvent::Sent`] or
+    /// [`ClientEvent::DeliveryFailed`].
+    ///
+    /// # Errors
+    /// [`ClientError::Content`] if the message is too large; store errors.
+    pub fn send<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        recipient: &UserId,
+        body: Body,
+        now: u64,
+    ) -> Result<MessageId, ClientError> {
+        let id = MessageId::random(rng);
+        let content = Content {
+            id,
+            sent_at: now,
+            body,
+        };
+        let padded = content.to_padded()?;
+        self.add_job(rng, recipient.clone(), id, padded, now)?;
+        let own = self.manager.address().user.clone();
+        if recipient != &own {
+            let sync = Content {
+                id,
+                sent_at: now,
+                body: Body::SentSync {
+                    recipient: recipient.clone(),
+                    content: Box::new(content),
+                },
+            };
+            self.add_job(rng, own, id, sync.to_padded()?, now)?;
+        }
+        Ok(id)
+    }
+
+    /// The app has kept the message: drop it from the inbox and acknowledge
+    /// it to the server.
+    ///
+    /// # Errors
+    /// A store error.
+    pub fn confirm(&mut self, envelope_id: &EnvelopeId) -> Result<(), ClientError> {
+        self.manager.confirm(&envelope_id.0)?;
+        self.request(
+            Request::Ack {
+                envelopes: vec![*envelope_id],
+            },
+            Pending::Quiet,
+        );
+        Ok(())
+    }
+
+    fn add_job<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        recipient: UserId,
+        message: MessageId,
+        padded: Zeroizing<Vec<u8>>,
+        now: u64,
+    ) -> Result<(), ClientError> {
+        let job = self.next_job;
+        self.next_job += 1;
+        self.jobs.insert(
+            job,
+            SendJob {
+                recipient,
+                message,
+                padded,
+                retried: false,
+            },
+        );
+        if self.authenticated {
+            self.start_job(rng, job, now)?;
+        }
+        Ok(())
+    }
+
+    fn request(&mut self, request: Request, pending: Pending) {
+        let id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        match encode_frame(&ClientFrame { id, request }.to_payload(), MAX_FRAME_LEN) {
+            Ok(frame) => {
+                self.transmit.push_back(frame);
+                self.pending.insert(id, pending);
+            }
+            Err(e) => self
+                .events
+                .push_back(ClientEvent::ServerError(ProtocolError::new(
+                    crate::wire::protocol::ErrorCode::TooLarge,
+                    e.to_string(),
+                ))),
+        }
+    }
+
+    fn own_other_devices(&self) -> Result<Vec<DeviceAddress>, ClientError> {
+        let own = self.manager.address().clone();
+        Ok(self
+            .manager
+            .known_devices(&own.user)?
+            .into_iter()
+            .map(|c| c.address().clone())
+            .filter(|a| a != &own)
+            .collect())
+    }
+
+    /// Sends the job to every known device that has a session, or first
+    /// fetches bundles for devices without one.
+    fn start_job<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        job_id: u64,
+        now: u64,
+    ) -> Result<(), ClientError> {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return Ok(());
+        };
+        let recipient = job.recipient.clone();
+        let own = self.manager.address().clone();
+        let devices: Vec<DeviceAddress> = if recipient == own.user {
+            self.own_other_devices()?
+        } else {
+            self.manager
+                .known_devices(&recipient)?
+                .into_iter()
+                .map(|c| c.address().clone())
+                .collect()
+        };
+        if devices.is_empty() && recipient == own.user {
+            // No other device of ours: nothing to copy to.
+            self.jobs.remove(&job_id);
+            return Ok(());
+        }
+        let mut without_session = Vec::new();
+        for d in &devices {
+            if !self.manager.has_session(d)? {
+                without_session.push(d.device);
+            }
+        }
+        if devices.is_empty() || !without_session.is_empty() {
+            self.request(
+                Request::FetchBundles {
+                    user: recipient,
+                    devices: without_session,
+                },
+                Pending::FetchBundles { job: job_id },
+            );
+            return Ok(());
+        }
+        self.send_prepared(rng, job_id, now)
+    }
+
+    fn fail_job(&mut self, job_id: u64, reason: impl Into<String>) {
+        if let Some(job) = self.jobs.remove(&job_id) {
+            self.events.push_back(ClientEvent::DeliveryFailed {
+                message: job.message,
+                recipient: job.recipient,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    fn trust_events(&mut self, events: Vec<Event>) {
+        self.events
+            .extend(events.into_iter().map(ClientEvent::Trust));
+    }
+
+    fn publish_signed_prekeys(&mut self) -> Result<(), ClientError> {
+        let bundle = self.manager.bundle()?;
+        self.request(
+            Request::PublishPreKeys {
+                signed: Some(bundle.signed_prekey),
+                last_resort: Some(bundle.last_resort_prekey),
+                one_time: Vec::new(),
+            },
+            Pending::Quiet,
+        );
+        Ok(())
+    }
+
+    fn handle_push<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        push: Push,
+        now: u64,
+    ) -> Result<(), ClientError> {
+        match push {
+            Push::Challenge { nonce } => {
+                let signature =
+                    sign_auth(self.manager.device_auth_key(), &nonce, &self.server_name);
+                let device = self.manager.address().clone();
+                self.request(
+                    Request::Authenticate { device, signature },
+                    Pending::Authenticate,
+                );
+            }
+            Push::Deliver(delivery) => self.handle_delivery(rng, delivery, now)?,
+            Push::QueueEmpty => self.events.push_back(ClientEvent::QueueEmpty),
+            Push::PreKeysLow { .. } => {
+                let one_time = self
+                    .manager
+                    .generate_one_time_prekeys(rng, self.config.one_time_prekey_batch)?;
+                let count = one_time.len();
+                self.request(
+                    Request::PublishPreKeys {
+                        signed: None,
+                        last_resort: None,
+                        one_time,
+                    },
+                    Pending::PublishPreKeys { one_time: count },
+                );
+            }
+            Push::DevicesChanged { user } if user == self.manager.address().user => {
+                self.request(Request::ListDevices { user }, Pending::ListOwnDevices);
+            }
+            // Linking is handled by the provisioning flow, not by a logged-in client.
+            Push::Provisioning { .. } => {}
+            #[allow(unreachable_patterns, reason = "Push is non_exhaustive")]
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn handle_delivery<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        delivery: Delivery,
+        now: u64,
+    ) -> Result<(), ClientError> {
+        let Delivery {
+            id,
+            sender,
+            server_time,
+            envelope,
+        } = delivery;
+        let undecryptable = |this: &mut Self, reason: String| {
+            this.events.push_back(ClientEvent::Undecryptable {
+                envelope_id: id,
+                sender: sender.clone(),
+                reason,
+            });
+            this.request(
+                Request::Ack {
+                    envelopes: vec![id],
+                },
+                Pending::Quiet,
+            );
+        };
+        if envelope.sender() != &sender {
+            undecryptable(
+                self,
+                "the envelope names another sender than the server".into(),
+            );
+            return Ok(());
+        }
+        let message = match self
+            .manager
+            .receive(rng, &sender, &id.0, envelope.message(), now)
+        {
+            Ok(Received::New { message, events }) => {
+                self.trust_events(events);
+                message
+            }
+            Ok(Received::Unconfirmed(message)) => message,
+            Ok(Received::AlreadyConfirmed) => {
+                self.request(
+                    Request::Ack {
+                        envelopes: vec![id],
+                    },
+                    Pending::Quiet,
+                );
+                return Ok(());
+            }
+            // Kept in the server's queue: it decrypts once the user accepts the change.
+            Err(Error::IdentityChanged(change)) => {
+                self.events.push_back(ClientEvent::IdentityChanged(change));
+                return Ok(());
+            }
+            Err(Error::Store(e)) => return Err(Error::Store(e).into()),
+            Err(e) => {
+                undecryptable(self, e.to_string());
+                return Ok(());
+            }
+        };
+        match Content::from_padded(&message.plaintext) {
+            Ok(content) => self.events.push_back(ClientEvent::Message {
+                envelope_id: id,
+                sender,
+                server_time,
+                content,
+            }),
+            Err(e) => {
+                self.manager.confirm(&id.0)?;
+                undecryptable(self, format!("malformed content: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_response<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        pending: Pending,
+        result: Result<Response, ProtocolError>,
+        now: u64,
+    ) -> Result<(), ClientError> {
+        match (pending, result) {
+            (Pending::Authenticate, Ok(Response::Authenticated { .. })) => {
+                self.authenticated = true;
+                self.next_ping = Some(now.saturating_add(self.config.ping_interval));
+                self.events.push_back(ClientEvent::Authenticated);
+                let certificate = self.manager.certificate().clone();
+                self.request(Request::PublishCertificate { certificate }, Pending::Quiet);
+                self.publish_signed_prekeys()?;
+                let user = self.manager.address().user.clone();
+                self.request(Request::ListDevices { user }, Pending::ListOwnDevices);
+                let jobs: Vec<u64> = self.jobs.keys().copied().collect();
+                for job in jobs {
+                    self.start_job(rng, job, now)?;
+                }
+            }
+            (Pending::PublishPreKeys { one_time }, Ok(_)) if one_time > 0 => {
+                self.events
+                    .push_back(ClientEvent::PreKeysReplenished { count: one_time });
+            }
+            (Pending::ListOwnDevices, Ok(Response::Devices(certificates))) => {
+                let own = self.manager.address().clone();
+                let listed: Vec<DeviceAddress> =
+                    certificates.iter().map(|c| c.address().clone()).collect();
+                for certificate in certificates.iter().filter(|c| c.address() != &own) {
+                    match self.manager.add_device(rng, certificate) {
+                        Ok(events) => self.trust_events(events),
+                        Err(Error::UntrustedDevice(a)) => {
+                            self.events.push_back(ClientEvent::DeviceRefused(a))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                for known in self.own_other_devices()? {
+                    if !listed.contains(&known)
+                        && let Some(event) = self.manager.remove_device(rng, &known)?
+                    {
+                        self.trust_events(vec![event]);
+                    }
+                }
+            }
+            (Pending::FetchBundles { job }, Ok(Response::Bundles(bundles))) => {
+                let Some(recipient) = self.jobs.get(&job).map(|j| j.recipient.clone()) else {
+                    return Ok(());
+                };
+                let own = self.manager.address().clone();
+                for bundle in bundles {
+                    let address = bundle.address().clone();
+                    if address.user != recipient || address == own {
+                        self.events.push_back(ClientEvent::DeviceRefused(address));
+                        continue;
+                    }
+                    match self.manager.start_session(rng, &bundle, now) {
+                        Ok(events) => self.trust_events(events),
+                        Err(Error::IdentityChanged(change)) => {
+                            self.events.push_back(ClientEvent::IdentityChanged(change));
+                            self.fail_job(job, "the recipient's identity changed");
+                            return Ok(());
+                        }
+                        Err(Error::Store(e)) => return Err(Error::Store(e).into()),
+                        Err(_) => self.events.push_back(ClientEvent::DeviceRefused(address)),
+                    }
+                }
+                let has_devices = !self.manager.known_devices(&recipient)?.is_empty();
+                if has_devices {
+                    self.send_prepared(rng, job, now)?;
+                } else {
+                    self.fail_job(job, "the recipient has no usable device");
+                }
+            }
+            (Pending::Send { job }, Ok(Response::Sent { .. })) => {
+                if let Some(j) = self.jobs.remove(&job)
+                    && j.recipient != self.manager.address().user
+                {
+                    self.events.push_back(ClientEvent::Sent {
+                        message: j.message,
+                        recipient: j.recipient,
+                    });
+                }
+            }
+            (Pending::Send { job }, Ok(Response::MismatchedDevices { missing, extra })) => {
+                let Some(j) = self.jobs.get_mut(&job) else {
+                    return Ok(());
+                };
+                if j.retried {
+                    self.fail_job(job, "the device list changed again");
+                    return Ok(());
+                }
+                j.retried = true;
+                let recipient = j.recipient.clone();
+                for device in extra {
+                    let address = DeviceAddress::new(recipient.clone(), device);
+                    if let Some(event) = self.manager.remove_device(rng, &address)? {
+                        self.trust_events(vec![event]);
+                    }
+                }
+                if missing.is_empty() {
+                    self.send_prepared(rng, job, now)?;
+                } else {
+                    self.request(
+                        Request::FetchBundles {
+                            user: recipient,
+                            devices: missing,
+                        },
+                        Pending::FetchBundles { job },
+                    );
+                }
+            }
+            (Pending::Send { job } | Pending::FetchBundles { job }, Err(e)) => {
+                self.fail_job(job, e.to_string());
+            }
+            (_, Err(e)) => self.events.push_back(ClientEvent::ServerError(e)),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Encrypts the job for every known device (sessions exist or were just
+    /// started) and sends it, without fetching again.
+    fn send_prepared<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        job_id: u64,
+        now: u64,
+    ) -> Result<(), ClientError> {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return Ok(());
+        };
+        let recipient = job.recipient.clone();
+        let padded = job.padded.clone();
+        let own = self.manager.address().clone();
+        let devices: Vec<DeviceId> = if recipient == own.user {
+            self.own_other_devices()?
+                .into_iter()
+                .map(|a| a.device)
+                .collect()
+        } else {
+            self.manager
+                .known_devices(&recipient)?
+                .iter()
+                .map(|c| c.address().device)
+                .collect()
+        };
+        let mut envelopes = Vec::with_capacity(devices.len());
+        for device in devices {
+            let address = DeviceAddress::new(recipient.clone(), device);
+            if !self.manager.has_session(&address)? {
+                continue;
+            }
+            let message = self.manager.encrypt(rng, &address, &padded, now)?;
+            envelopes.push((device, Envelope::new(own.clone(), message)?));
+        }
+        self.request(
+            Request::Send {
+                recipient,
+                envelopes,
+            },
+            Pending::Send { job: job_id },
+        );
+        Ok(())
+    }
+}

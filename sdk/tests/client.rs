@@ -1,0 +1,735 @@
+//! The sans-IO client against an in-memory test double of the server: two
+//! users, one with two devices, no sockets.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use common::{T0, rng};
+use hush::client::{Client, ClientConfig, ClientEvent};
+use hush::keys::{
+    DeviceAddress, DeviceAuthKeyPair, DeviceCertificate, DeviceId, IdentityKey, IdentityKeyPair,
+    OneTimePreKey, SignedPreKey, UserId,
+};
+use hush::store::{MemoryStore, StorageKey};
+use hush::wire::content::Body;
+use hush::wire::frame::{FrameDecoder, encode_frame};
+use hush::wire::protocol::{
+    ClientFrame, Delivery, EnvelopeId, ErrorCode, MAX_FRAME_LEN, Nonce, ProtocolError, Push,
+    Request, Response, ServerFrame, verify_auth,
+};
+use hush::{PreKeyBundle, SessionManager};
+use rand_chacha::ChaCha20Rng;
+
+const SERVER: &str = "chat.example.org";
+
+#[derive(Default)]
+struct DeviceRecord {
+    certificate: Option<DeviceCertificate>,
+    signed: Option<SignedPreKey>,
+    last_resort: Option<SignedPreKey>,
+    one_time: VecDeque<OneTimePreKey>,
+}
+
+struct Account {
+    identity: IdentityKey,
+    devices: BTreeMap<DeviceId, DeviceRecord>,
+}
+
+struct Conn {
+    device: Option<DeviceAddress>,
+    nonce: Nonce,
+    decoder: FrameDecoder,
+    out: VecDeque<Vec<u8>>,
+}
+
+/// The test double: accounts, prekeys, device lists, queues, live delivery.
+struct Server {
+    accounts: BTreeMap<UserId, Account>,
+    queues: BTreeMap<DeviceAddress, Vec<Delivery>>,
+    conns: BTreeMap<u32, Conn>,
+    next_conn: u32,
+    rng: ChaCha20Rng,
+    /// Attacks: bundles of these devices are replaced by the given bundle.
+    forged_bundles: BTreeMap<DeviceAddress, PreKeyBundle>,
+}
+
+impl Server {
+    fn new() -> Self {
+        Self {
+            accounts: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            rng: rng(1000),
+            forged_bundles: BTreeMap::new(),
+        }
+    }
+
+    /// Registration happens out of band here (the protocol's RegisterAccount
+    /// is tested on its own); the device publishes the rest once logged in.
+    fn register(&mut self, m: &SessionManager<MemoryStore>) {
+        let a = m.address();
+        let account = self
+            .accounts
+            .entry(a.user.clone())
+            .or_insert_with(|| Account {
+                identity: m.identity_key(),
+                devices: BTreeMap::new(),
+            });
+        account.devices.insert(
+            a.device,
+            DeviceRecord {
+                certificate: Some(m.certificate().clone()),
+                ..Default::default()
+            },
+        );
+    }
+
+    fn open(&mut self) -> u32 {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let nonce = Nonce::random(&mut self.rng);
+        let mut conn = Conn {
+            device: None,
+            nonce,
+            decoder: FrameDecoder::new(MAX_FRAME_LEN),
+            out: VecDeque::new(),
+        };
+        conn.out
+            .push_back(frame(&ServerFrame::Push(Push::Challenge { nonce })));
+        self.conns.insert(id, conn);
+        id
+    }
+
+    fn close(&mut self, id: u32) {
+        self.conns.remove(&id);
+    }
+
+    fn push_to(&mut self, device: &DeviceAddress, push: Push) {
+        for conn in self.conns.values_mut() {
+            if conn.device.as_ref() == Some(device) {
+                conn.out.push_back(frame(&ServerFrame::Push(push.clone())));
+            }
+        }
+    }
+
+    fn input(&mut self, id: u32, bytes: &[u8]) {
+        let conn = self.conns.get_mut(&id).unwrap();
+        conn.decoder.push(bytes).unwrap();
+        let mut frames = Vec::new();
+        while let Some(payload) = conn.decoder.next_frame().unwrap() {
+            frames.push(ClientFrame::from_payload(&payload).unwrap());
+        }
+        for f in frames {
+            let before = self.conns[&id].out.len();
+            let result = self.handle(id, f.request);
+            let out = frame(&ServerFrame::Response { id: f.id, result });
+            // The response goes before the pushes the request caused.
+            let conn = self.conns.get_mut(&id).unwrap();
+            conn.out.insert(before.min(conn.out.len()), out);
+        }
+    }
+
+    fn output(&mut self, id: u32) -> Option<Vec<u8>> {
+        self.conns.get_mut(&id)?.out.pop_front()
+    }
+
+    fn bundle(&mut self, address: &DeviceAddress) -> Option<PreKeyBundle> {
+        if let Some(forged) = self.forged_bundles.get(address) {
+            return Some(forged.clone());
+        }
+        let account = self.accounts.get_mut(&address.user)?;
+        let identity = account.identity;
+        let d = account.devices.get_mut(&address.device)?;
+        Some(PreKeyBundle {
+            identity,
+            certificate: d.certificate.clone()?,
+            signed_prekey: d.signed.clone()?,
+            last_resort_prekey: d.last_resort.clone()?,
+            one_time_prekey: d.one_time.pop_front(),
+        })
+    }
+
+    fn handle(&mut self, id: u32, request: Request) -> Result<Response, ProtocolError> {
+        let err = |code, m: &str| Err(ProtocolError::new(code, m));
+        let me = self.conns[&id].device.clone();
+        if let Request::Authenticate { device, signature } = &request {
+            let Some(cert) = self
+                .accounts
+                .get(&device.user)
+                .and_then(|a| a.devices.get(&device.device))
+                .and_then(|d| d.certificate.clone())
+            else {
+                return err(ErrorCode::Unauthenticated, "unknown device");
+            };
+            let nonce = self.conns[&id].nonce;
+            if verify_auth(cert.auth_key(), &nonce, SERVER, signature).is_err() {
+                return err(ErrorCode::Unauthenticated, "bad signature");
+            }
+            self.conns.get_mut(&id).unwrap().device = Some(device.clone());
+            for delivery in self.queues.get(device).cloned().unwrap_or_default() {
+                self.push_to(device, Push::Deliver(delivery));
+            }
+            self.push_to(device, Push::QueueEmpty);
+            let low = self.accounts[&device.user].devices[&device.device]
+                .one_time
+                .len()
+                < 5;
+            if low {
+                self.push_to(device, Push::PreKeysLow { remaining: 0 });
+            }
+            return Ok(Response::Authenticated { server_time: T0 });
+        }
+        let Some(me) = me else {
+            return err(ErrorCode::Unauthenticated, "log in first");
+        };
+        match request {
+            Request::PublishCertificate { certificate } => {
+                let account = self.accounts.get_mut(&me.user).unwrap();
+                if certificate.verify_for(&account.identity, &me).is_err() {
+                    return err(ErrorCode::BadRequest, "bad certificate");
+                }
+                account.devices.entry(me.device).or_default().certificate = Some(certificate);
+                Ok(Response::Ok)
+            }
+            Request::PublishPreKeys {
+                signed,
+                last_resort,
+                one_time,
+            } => {
+                let account = self.accounts.get_mut(&me.user).unwrap();
+                let identity = account.identity;
+                let d = account.devices.entry(me.device).or_default();
+                for k in signed.iter().chain(last_resort.iter()) {
+                    if k.verify(&identity, &me).is_err() {
+                        return err(ErrorCode::BadRequest, "bad prekey signature");
+                    }
+                }
+                if signed.is_some() {
+                    d.signed = signed;
+                }
+                if last_resort.is_some() {
+                    d.last_resort = last_resort;
+                }
+                d.one_time.extend(one_time);
+                Ok(Response::Ok)
+            }
+            Request::FetchBundles { user, devices } => {
+                let Some(account) = self.accounts.get(&user) else {
+                    return err(ErrorCode::NotFound, "no such user");
+                };
+                let ids: Vec<DeviceId> = account
+                    .devices
+                    .keys()
+                    .copied()
+                    .filter(|d| devices.is_empty() || devices.contains(d))
+                    .collect();
+                let bundles = ids
+                    .into_iter()
+                    .filter_map(|d| self.bundle(&DeviceAddress::new(user.clone(), d)))
+                    .collect();
+                Ok(Response::Bundles(bundles))
+            }
+            Request::ListDevices { user } => Ok(Response::Devices(
+                self.accounts
+                    .get(&user)
+                    .map(|a| {
+                        a.devices
+                            .values()
+                            .filter_map(|d| d.certificate.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )),
+            Request::Send {
+                recipient,
+                envelopes,
+            } => {
+                let Some(account) = self.accounts.get(&recipient) else {
+                    return err(ErrorCode::NotFound, "no such user");
+                };
+                let expected: Vec<DeviceId> = account
+                    .devices
+                    .keys()
+                    .copied()
+                    .filter(|d| !(recipient == me.user && *d == me.device))
+                    .collect();
+                let given: Vec<DeviceId> = envelopes.iter().map(|(d, _)| *d).collect();
+                let missing: Vec<DeviceId> = expected
+                    .iter()
+                    .copied()
+                    .filter(|d| !given.contains(d))
+                    .collect();
+                let extra: Vec<DeviceId> = given
+                    .iter()
+                    .copied()
+                    .filter(|d| !expected.contains(d))
+                    .collect();
+                if !missing.is_empty() || !extra.is_empty() {
+                    return Ok(Response::MismatchedDevices { missing, extra });
+                }
+                let mut ids = Vec::new();
+                for (device, envelope) in envelopes {
+                    if envelope.sender() != &me {
+                        return err(ErrorCode::Forbidden, "sender mismatch");
+                    }
+                    let to = DeviceAddress::new(recipient.clone(), device);
+                    let delivery = Delivery {
+                        id: EnvelopeId::random(&mut self.rng),
+                        sender: me.clone(),
+                        server_time: T0,
+                        envelope,
+                    };
+                    ids.push((device, delivery.id));
+                    self.queues
+                        .entry(to.clone())
+                        .or_default()
+                        .push(delivery.clone());
+                    self.push_to(&to, Push::Deliver(delivery));
+                }
+                Ok(Response::Sent {
+                    server_time: T0,
+                    ids,
+                })
+            }
+            Request::Ack { envelopes } => {
+                if let Some(q) = self.queues.get_mut(&me) {
+                    q.retain(|d| !envelopes.contains(&d.id));
+                }
+                Ok(Response::Ok)
+            }
+            Request::Ping => Ok(Response::Pong),
+            _ => err(ErrorCode::BadRequest, "not in the test double"),
+        }
+    }
+
+    fn queued(&self, device: &DeviceAddress) -> usize {
+        self.queues.get(device).map_or(0, Vec::len)
+    }
+}
+
+fn frame(f: &ServerFrame) -> Vec<u8> {
+    encode_frame(&f.to_payload(), MAX_FRAME_LEN).unwrap()
+}
+
+/// One device: its client, its connection and the events it has seen.
+struct Dev {
+    client: Client<MemoryStore>,
+    key: StorageKey,
+    conn: Option<u32>,
+    events: Vec<ClientEvent>,
+    rng: ChaCha20Rng,
+}
+
+impl Dev {
+    fn new(
+        server: &mut Server,
+        identity: &IdentityKeyPair,
+        user: &str,
+        device: u32,
+        seed: u64,
+    ) -> Self {
+        let mut r = rng(seed);
+        let key = StorageKey::generate(&mut r);
+        let m = SessionManager::create(
+            MemoryStore::new(),
+            &key,
+            IdentityKeyPair::from_seed_bytes(&identity.to_seed_bytes()),
+            DeviceAuthKeyPair::generate(&mut r),
+            UserId::new(user).unwrap(),
+            DeviceId(device),
+            Default::default(),
+            &mut r,
+            T0,
+        )
+        .unwrap();
+        server.register(&m);
+        let client = Client::new(m, SERVER, ClientConfig::default()).unwrap();
+        Self {
+            client,
+            key,
+            conn: None,
+            events: Vec::new(),
+            rng: r,
+        }
+    }
+
+    fn address(&self) -> DeviceAddress {
+        self.client.manager().address().clone()
+    }
+
+    fn connect(&mut self, server: &mut Server) {
+        self.conn = Some(server.open());
+        self.client.handle_connected(T0);
+    }
+
+    fn disconnect(&mut self, server: &mut Server) {
+        if let Some(c) = self.conn.take() {
+            server.close(c);
+        }
+    }
+
+    /// The device crashes and restarts from its store.
+    fn crash_and_restart(&mut self, server: &mut Server) {
+        self.disconnect(server);
+        let store = self.client.manager().store().clone();
+        let m = SessionManager::open(store, &self.key).unwrap();
+        self.client = Client::new(m, SERVER, ClientConfig::default()).unwrap();
+        self.events.clear();
+        self.connect(server);
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Message { content, .. } => match &content.body {
+                    Body::Text(t) => Some(t.clone()),
+                    Body::SentSync { content, .. } => match &content.body {
+                        Body::Text(t) => Some(format!("sync:{t}")),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Confirms every message event seen so far.
+    fn confirm_all(&mut self) {
+        let ids: Vec<EnvelopeId> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Message { envelope_id, .. } => Some(*envelope_id),
+                _ => None,
+            })
+            .collect();
+        for id in ids {
+            self.client.confirm(&id).unwrap();
+        }
+    }
+}
+
+/// Moves bytes both ways until nothing moves.
+fn pump(server: &mut Server, devs: &mut [&mut Dev]) {
+    for _ in 0..1000 {
+        let mut moved = false;
+        for dev in devs.iter_mut() {
+            let Some(c) = dev.conn else { continue };
+            while let Some(bytes) = dev.client.poll_transmit() {
+                server.input(c, &bytes);
+                moved = true;
+            }
+            while let Some(bytes) = server.output(c) {
+                dev.client.handle_input(&mut dev.rng, &bytes, T0).unwrap();
+                moved = true;
+            }
+            while let Some(e) = dev.client.poll_event() {
+                dev.events.push(e);
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("the exchange did not settle");
+}
+
+fn has(dev: &Dev, f: impl Fn(&ClientEvent) -> bool) -> bool {
+    dev.events.iter().any(f)
+}
+
+struct World {
+    server: Server,
+    alice_identity: IdentityKeyPair,
+    alice1: Dev,
+    bob: Dev,
+}
+
+fn world() -> World {
+    let mut server = Server::new();
+    let mut r = rng(1);
+    let alice_identity = IdentityKeyPair::generate(&mut r);
+    let bob_identity = IdentityKeyPair::generate(&mut r);
+    let mut alice1 = Dev::new(&mut server, &alice_identity, "alice", 1, 11);
+    let mut bob = Dev::new(&mut server, &bob_identity, "bob", 1, 21);
+    alice1.connect(&mut server);
+    bob.connect(&mut server);
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    for d in [&alice1, &bob] {
+        assert!(has(d, |e| matches!(e, ClientEvent::Authenticated)));
+        assert!(has(d, |e| matches!(
+            e,
+            ClientEvent::PreKeysReplenished { count: 50 }
+        )));
+    }
+    World {
+        server,
+        alice_identity,
+        alice1,
+        bob,
+    }
+}
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).unwrap()
+}
+
+#[test]
+fn messages_flow_both_ways_and_are_acked_only_after_confirm() {
+    let World {
+        mut server,
+        mut alice1,
+        mut bob,
+        ..
+    } = world();
+    alice1
+        .client
+        .send_text(&mut alice1.rng, &user("bob"), "hi Bob", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(bob.texts(), vec!["hi Bob"]);
+    assert!(has(
+        &alice1,
+        |e| matches!(e, ClientEvent::Sent { recipient, .. } if recipient.as_str() == "bob")
+    ));
+    assert_eq!(server.queued(&bob.address()), 1, "not acked before confirm");
+    bob.confirm_all();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(server.queued(&bob.address()), 0);
+
+    bob.client
+        .send_text(&mut bob.rng, &user("alice"), "hi Alice", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(alice1.texts(), vec!["hi Alice"]);
+}
+
+#[test]
+fn a_second_device_sees_sent_messages_and_is_picked_up_by_the_peer() {
+    let World {
+        mut server,
+        alice_identity,
+        mut alice1,
+        mut bob,
+    } = world();
+    alice1
+        .client
+        .send_text(&mut alice1.rng, &user("bob"), "before", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(bob.texts(), vec!["before"]);
+
+    // Alice adds a second device mid-conversation (same account identity).
+    let mut alice2 = Dev::new(&mut server, &alice_identity, "alice", 2, 12);
+    alice2.connect(&mut server);
+    server.push_to(
+        &alice1.address(),
+        Push::DevicesChanged {
+            user: user("alice"),
+        },
+    );
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut alice2]);
+    assert!(has(
+        &alice1,
+        |e| matches!(e, ClientEvent::Trust(hush::Event::DeviceAdded(a)) if a.device.0 == 2)
+    ));
+
+    // Bob's next message: the server reports alice.2 missing; Bob fetches its
+    // bundle, checks its certificate under Alice's identity and retries.
+    bob.client
+        .send_text(&mut bob.rng, &user("alice"), "to both", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut alice2]);
+    assert_eq!(alice1.texts(), vec!["to both"]);
+    assert_eq!(alice2.texts(), vec!["to both"]);
+    assert!(has(
+        &bob,
+        |e| matches!(e, ClientEvent::Trust(hush::Event::DeviceAdded(a)) if a.device.0 == 2)
+    ));
+    assert!(has(&bob, |e| matches!(e, ClientEvent::Sent { .. })));
+
+    // What alice.1 sends reaches Bob, and a copy reaches alice.2.
+    alice1
+        .client
+        .send_text(&mut alice1.rng, &user("bob"), "from one", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut alice2]);
+    assert_eq!(bob.texts(), vec!["before", "from one"]);
+    assert_eq!(alice2.texts(), vec!["to both", "sync:from one"]);
+}
+
+#[test]
+fn a_ghost_device_and_moved_prekeys_are_refused() {
+    let World {
+        mut server,
+        alice_identity,
+        mut alice1,
+        mut bob,
+    } = world();
+    let alice_key = alice_identity.public_key();
+    // The server adds a device to Alice's account, certified by its own key
+    // but presented under Alice's identity.
+    let mut r = rng(77);
+    let mallory = IdentityKeyPair::generate(&mut r);
+    let mut ghost = Dev::new(&mut Server::new(), &mallory, "alice", 7, 13);
+    ghost
+        .client
+        .manager_mut()
+        .generate_one_time_prekeys(&mut r, 1)
+        .unwrap();
+    let ghost_bundle = PreKeyBundle {
+        identity: alice_key,
+        ..ghost.client.manager().bundle().unwrap()
+    };
+    server
+        .accounts
+        .get_mut(&user("alice"))
+        .unwrap()
+        .devices
+        .insert(DeviceId(7), DeviceRecord::default());
+    server
+        .forged_bundles
+        .insert(DeviceAddress::new(user("alice"), DeviceId(7)), ghost_bundle);
+
+    bob.client
+        .send_text(&mut bob.rng, &user("alice"), "secret", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert!(has(
+        &bob,
+        |e| matches!(e, ClientEvent::DeviceRefused(a) if a.device.0 == 7)
+    ));
+    assert!(has(&bob, |e| matches!(
+        e,
+        ClientEvent::DeliveryFailed { .. }
+    )));
+    assert!(
+        alice1.texts().is_empty(),
+        "nothing was sent while the list was forged"
+    );
+    let known = bob.client.manager().known_devices(&user("alice")).unwrap();
+    assert!(known.iter().all(|c| c.address().device.0 != 7));
+
+    // Alice really has a device 8; the server serves alice.1's prekeys under
+    // it. The prekey signatures cover the device id: refused as well.
+    server
+        .accounts
+        .get_mut(&user("alice"))
+        .unwrap()
+        .devices
+        .remove(&DeviceId(7));
+    server.forged_bundles.clear();
+    let alice8 = Dev::new(&mut server, &alice_identity, "alice", 8, 15);
+    let moved = PreKeyBundle {
+        certificate: alice8.client.manager().certificate().clone(),
+        ..server.bundle(&alice1.address()).unwrap()
+    };
+    server.forged_bundles.insert(alice8.address(), moved);
+    bob.events.clear();
+    bob.client
+        .send_text(&mut bob.rng, &user("alice"), "again", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert!(has(
+        &bob,
+        |e| matches!(e, ClientEvent::DeviceRefused(a) if a.device.0 == 8)
+    ));
+    assert!(has(&bob, |e| matches!(
+        e,
+        ClientEvent::DeliveryFailed { .. }
+    )));
+    assert!(alice1.texts().is_empty());
+}
+
+#[test]
+fn an_offline_device_catches_up_and_duplicates_are_dropped() {
+    let World {
+        mut server,
+        mut alice1,
+        mut bob,
+        ..
+    } = world();
+    bob.disconnect(&mut server);
+    for i in 0..3 {
+        alice1
+            .client
+            .send_text(&mut alice1.rng, &user("bob"), &format!("m{i}"), T0)
+            .unwrap();
+    }
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(server.queued(&bob.address()), 3);
+    bob.connect(&mut server);
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(bob.texts(), vec!["m0", "m1", "m2"]);
+    assert!(has(&bob, |e| matches!(e, ClientEvent::QueueEmpty)));
+    bob.confirm_all();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(server.queued(&bob.address()), 0);
+
+    // The server delivers one of them again: it is acked, not shown again.
+    let again = bob.events.iter().find_map(|e| match e {
+        ClientEvent::Message { envelope_id, .. } => Some(*envelope_id),
+        _ => None,
+    });
+    let again = again.unwrap();
+    let stored = Delivery {
+        id: again,
+        sender: alice1.address(),
+        server_time: T0,
+        envelope: hush::wire::envelope::Envelope::new(alice1.address(), vec![2, 0]).unwrap(),
+    };
+    bob.events.clear();
+    server.push_to(&bob.address(), Push::Deliver(stored));
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert!(
+        bob.texts().is_empty(),
+        "a processed envelope is not decrypted again"
+    );
+    assert!(!has(&bob, |e| matches!(
+        e,
+        ClientEvent::Undecryptable { .. }
+    )));
+}
+
+#[test]
+fn a_crash_between_the_message_and_confirm_shows_the_same_plaintext_again() {
+    let World {
+        mut server,
+        mut alice1,
+        mut bob,
+        ..
+    } = world();
+    alice1
+        .client
+        .send_text(&mut alice1.rng, &user("bob"), "keep me", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(bob.texts(), vec!["keep me"]);
+    bob.crash_and_restart(&mut server);
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(
+        bob.texts(),
+        vec!["keep me"],
+        "redelivered, served from the inbox"
+    );
+    bob.confirm_all();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(server.queued(&bob.address()), 0);
+    // And the conversation goes on.
+    bob.client
+        .send_text(&mut bob.rng, &user("alice"), "got it", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(alice1.texts(), vec!["got it"]);
+}
