@@ -15,6 +15,7 @@ pub mod attachment;
 pub mod client;
 mod codec;
 pub mod keys;
+pub mod link;
 pub mod ratchet;
 mod secret;
 pub mod x3dh;

@@ -18,12 +18,13 @@ use hush::keys::{
     DeviceAddress, DeviceAuthKeyPair, DeviceCertificate, DeviceId, IdentityKey, IdentityKeyPair,
     OneTimePreKey, SignedPreKey, UserId,
 };
+use hush::link::{LinkCode, LinkRequest, seal_link};
 use hush::store::{MemoryStore, StorageKey};
 use hush::wire::content::Body;
 use hush::wire::frame::{FrameDecoder, encode_frame};
 use hush::wire::protocol::{
-    ClientFrame, Delivery, EnvelopeId, ErrorCode, MAX_FRAME_LEN, Nonce, ProtocolError, Push,
-    Request, Response, ServerFrame, verify_auth,
+    ClientFrame, Delivery, EnvelopeId, ErrorCode, LinkToken, MAX_FRAME_LEN, Nonce, ProtocolError,
+    ProvisioningAddress, Push, Request, Response, ServerFrame, verify_auth,
 };
 use hush::{PreKeyBundle, SessionManager};
 use rand_chacha::ChaCha20Rng;
@@ -530,8 +531,43 @@ fn a_second_device_sees_sent_messages_and_is_picked_up_by_the_peer() {
     pump(&mut server, &mut [&mut alice1, &mut bob]);
     assert_eq!(bob.texts(), vec!["before"]);
 
-    // Alice adds a second device mid-conversation (same account identity).
-    let mut alice2 = Dev::new(&mut server, &alice_identity, "alice", 2, 12);
+    // Alice links a second device mid-conversation: its code goes out of
+    // band, alice.1 seals the account identity to it, and the server only
+    // relays sealed bytes. A message the server seals itself does not open.
+    let mut r = rng(12);
+    let request = LinkRequest::new(&mut r);
+    let code = request
+        .code(SERVER, ProvisioningAddress::random(&mut r))
+        .unwrap();
+    let scanned = LinkCode::from_bytes(&code.to_bytes()).unwrap();
+    let permission = LinkToken::random(&mut r);
+    let identity = alice1.client.manager().identity_key_pair();
+    let sealed = seal_link(
+        &mut r,
+        &scanned,
+        SERVER,
+        identity,
+        &user("alice"),
+        &permission,
+    )
+    .unwrap();
+    let server_own = LinkRequest::new(&mut r)
+        .code(SERVER, *code.address())
+        .unwrap();
+    let fake = IdentityKeyPair::generate(&mut r);
+    let forged = seal_link(
+        &mut r,
+        &server_own,
+        SERVER,
+        &fake,
+        &user("alice"),
+        &permission,
+    )
+    .unwrap();
+    assert!(request.open_code(&code, &forged).is_err());
+    let linked = request.open_code(&code, &sealed).unwrap();
+    assert_eq!(linked.identity.public_key(), alice_identity.public_key());
+    let mut alice2 = Dev::new(&mut server, &linked.identity, "alice", 2, 12);
     alice2.connect(&mut server);
     server.push_to(
         &alice1.address(),
