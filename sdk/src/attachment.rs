@@ -179,7 +179,7 @@ pub enum AttachmentError {
 }
 
 /// What an attachment is, which decides its size cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum AttachmentKind {
     /// A picture shown inline: at most [`MAX_IMAGE_LEN`] bytes of plaintext.

@@ -26,6 +26,9 @@ use std::collections::{BTreeMap, VecDeque};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::attachment::{
+    AttachmentError, AttachmentKind, AttachmentPointer, Decryptor, Encryptor, PendingPointer,
+};
 use crate::keys::{DeviceAddress, DeviceId, UserId};
 use crate::manager::{Error, Event, IdentityChange, Received, SessionManager};
 use crate::store::Store;
@@ -33,8 +36,9 @@ use crate::wire::content::{Body, Content, ContentError, MessageId};
 use crate::wire::envelope::{Envelope, EnvelopeError};
 use crate::wire::frame::{FrameDecoder, FrameError, encode_frame};
 use crate::wire::protocol::{
-    ClientFrame, Delivery, EnvelopeId, InvalidServerName, MAX_FRAME_LEN, ProtocolDecodeError,
-    ProtocolError, Push, Request, Response, ServerFrame, canonical_server_name, sign_auth,
+    BlobId, CHUNK_LEN, ClientFrame, Delivery, EnvelopeId, ErrorCode, InvalidServerName,
+    MAX_FRAME_LEN, ProtocolDecodeError, ProtocolError, Push, Request, Response, ServerFrame,
+    UploadId, canonical_server_name, sign_auth,
 };
 
 /// Settings of a [`Client`].
@@ -44,6 +48,9 @@ pub struct ClientConfig {
     pub one_time_prekey_batch: usize,
     /// Seconds between keep-alive pings.
     pub ping_interval: u64,
+    /// How long processed envelope ids are remembered: the server's queue
+    /// lifetime (no older envelope can be delivered again).
+    pub processed_retention: u64,
 }
 
 impl Default for ClientConfig {
@@ -51,6 +58,7 @@ impl Default for ClientConfig {
         Self {
             one_time_prekey_batch: 50,
             ping_interval: 30,
+            processed_retention: 30 * 24 * 3600,
         }
     }
 }
@@ -77,6 +85,27 @@ pub enum ClientError {
     /// The server name is not a DNS name or IP literal.
     #[error(transparent)]
     ServerName(#[from] InvalidServerName),
+    /// An attachment cannot be encrypted.
+    #[error(transparent)]
+    Attachment(#[from] AttachmentError),
+    /// No such transfer, or it is not ready for this call (wait for
+    /// [`ClientEvent::UploadReady`]).
+    #[error("transfer not ready")]
+    TransferNotReady,
+}
+
+/// Names an attachment upload or download of this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TransferId(pub u64);
+
+/// Decrypted attachment bytes; `Debug` shows the length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Plaintext(pub Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plaintext(<{} bytes>)", self.0.len())
+    }
 }
 
 /// What the app learns from the client.
@@ -139,10 +168,54 @@ pub enum ClientEvent {
     },
     /// The server refused a request.
     ServerError(ProtocolError),
+    /// The server accepted the upload: feed it with [`Client::upload`].
+    UploadReady(TransferId),
+    /// The upload is stored; send the pointer in a [`Body::Attachment`].
+    Uploaded {
+        /// The transfer.
+        transfer: TransferId,
+        /// Where and how to fetch and check the attachment.
+        pointer: AttachmentPointer,
+    },
+    /// Authenticated attachment bytes, in order.
+    AttachmentData {
+        /// The transfer.
+        transfer: TransferId,
+        /// The bytes.
+        data: Plaintext,
+    },
+    /// The whole attachment arrived and checked out.
+    Downloaded(TransferId),
+    /// The transfer failed; for a download, the bytes given so far must be
+    /// discarded.
+    TransferFailed {
+        /// The transfer.
+        transfer: TransferId,
+        /// Why.
+        reason: String,
+    },
+}
+
+enum Transfer {
+    Upload {
+        encryptor: Option<Encryptor>,
+        upload: Option<UploadId>,
+        sent: u64,
+        pointer: Option<PendingPointer>,
+    },
+    Download {
+        decryptor: Option<Decryptor>,
+        blob: BlobId,
+        expected: u64,
+    },
 }
 
 enum Pending {
     Authenticate,
+    UploadBegin { transfer: u64 },
+    UploadChunk { transfer: u64 },
+    UploadFinish { transfer: u64 },
+    Download { transfer: u64 },
     PublishPreKeys { one_time: usize },
     ListOwnDevices,
     FetchBundles { job: u64 },
@@ -171,6 +244,8 @@ pub struct Client<S: Store> {
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<ClientEvent>,
     next_ping: Option<u64>,
+    transfers: BTreeMap<u64, Transfer>,
+    next_transfer: u64,
 }
 
 impl<S: Store> std::fmt::Debug for Client<S> {
@@ -207,6 +282,8 @@ impl<S: Store> Client<S> {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             next_ping: None,
+            transfers: BTreeMap::new(),
+            next_transfer: 1,
         })
     }
 
@@ -238,6 +315,11 @@ impl<S: Store> Client<S> {
         self.pending.clear();
         self.transmit.clear();
         self.next_ping = None;
+        // Transfers do not survive a connection: report them failed.
+        let transfers: Vec<u64> = self.transfers.keys().copied().collect();
+        for t in transfers {
+            self.fail_transfer(t, "the connection closed");
+        }
         for job in self.jobs.values_mut() {
             job.retried = false;
         }
@@ -287,6 +369,8 @@ impl<S: Store> Client<S> {
         if self.manager.rotate_prekeys(rng, now)? {
             self.publish_signed_prekeys()?;
         }
+        self.manager
+            .purge_processed(now, self.config.processed_retention)?;
         Ok(())
     }
 
@@ -374,6 +458,268 @@ impl<S: Store> Client<S> {
         Ok(())
     }
 
+    /// Starts uploading an attachment of `plaintext_len` bytes. When
+    /// [`ClientEvent::UploadReady`] arrives, feed the plaintext with
+    /// [`Self::upload`] (in pieces of any size, draining
+    /// [`Self::poll_transmit`] in between to keep memory flat), then call
+    /// [`Self::finish_upload`].
+    ///
+    /// # Errors
+    /// [`ClientError::Attachment`] for a size over the kind's cap or an
+    /// invalid media type.
+    pub fn begin_upload<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        kind: AttachmentKind,
+        media_type: &str,
+        plaintext_len: u64,
+    ) -> Result<TransferId, ClientError> {
+        let encryptor = Encryptor::new(rng, kind, media_type, plaintext_len)?;
+        let size =
+            crate::attachment::ciphertext_len(plaintext_len).ok_or(AttachmentError::TooLarge {
+                len: plaintext_len,
+                max: kind.max_plaintext_len(),
+            })?;
+        let id = self.next_transfer;
+        self.next_transfer += 1;
+        self.transfers.insert(
+            id,
+            Transfer::Upload {
+                encryptor: Some(encryptor),
+                upload: None,
+                sent: 0,
+                pointer: None,
+            },
+        );
+        self.request(
+            Request::UploadBegin { kind, size },
+            Pending::UploadBegin { transfer: id },
+        );
+        Ok(TransferId(id))
+    }
+
+    /// Encrypts and sends the next piece of an upload's plaintext.
+    ///
+    /// # Errors
+    /// [`ClientError::TransferNotReady`] before [`ClientEvent::UploadReady`];
+    /// [`ClientError::Attachment`] past the declared size.
+    pub fn upload(&mut self, transfer: TransferId, plaintext: &[u8]) -> Result<(), ClientError> {
+        let mut blob = Vec::with_capacity(plaintext.len() + 64);
+        let Some(Transfer::Upload {
+            encryptor: Some(encryptor),
+            upload: Some(_),
+            ..
+        }) = self.transfers.get_mut(&transfer.0)
+        else {
+            return Err(ClientError::TransferNotReady);
+        };
+        encryptor.update(plaintext, &mut blob)?;
+        self.send_blob(transfer.0, &blob);
+        Ok(())
+    }
+
+    /// Ends an upload; [`ClientEvent::Uploaded`] follows.
+    ///
+    /// # Errors
+    /// [`ClientError::TransferNotReady`], or [`ClientError::Attachment`] if
+    /// less plaintext than declared was given.
+    pub fn finish_upload(&mut self, transfer: TransferId) -> Result<(), ClientError> {
+        let mut blob = Vec::new();
+        let Some(Transfer::Upload {
+            encryptor,
+            upload: Some(upload),
+            pointer,
+            ..
+        }) = self.transfers.get_mut(&transfer.0)
+        else {
+            return Err(ClientError::TransferNotReady);
+        };
+        let upload = *upload;
+        let encryptor = encryptor.take().ok_or(ClientError::TransferNotReady)?;
+        *pointer = Some(encryptor.finish(&mut blob)?);
+        self.send_blob(transfer.0, &blob);
+        self.request(
+            Request::UploadFinish { upload },
+            Pending::UploadFinish {
+                transfer: transfer.0,
+            },
+        );
+        Ok(())
+    }
+
+    fn send_blob(&mut self, transfer: u64, blob: &[u8]) {
+        let Some(Transfer::Upload {
+            upload: Some(upload),
+            sent,
+            ..
+        }) = self.transfers.get_mut(&transfer)
+        else {
+            return;
+        };
+        let upload = *upload;
+        let mut frames = Vec::new();
+        for piece in blob.chunks(CHUNK_LEN) {
+            frames.push((*sent, piece.to_vec()));
+            *sent += piece.len() as u64;
+        }
+        for (offset, data) in frames {
+            self.request(
+                Request::UploadChunk {
+                    upload,
+                    offset,
+                    data,
+                },
+                Pending::UploadChunk { transfer },
+            );
+        }
+    }
+
+    /// Starts downloading and decrypting the attachment `pointer` refers to:
+    /// [`ClientEvent::AttachmentData`] events follow, then
+    /// [`ClientEvent::Downloaded`] or [`ClientEvent::TransferFailed`].
+    ///
+    /// # Errors
+    /// [`ClientError::Attachment`] for a pointer whose key does not match its
+    /// commitment or whose blob id is not one of this server's.
+    pub fn begin_download(
+        &mut self,
+        pointer: &AttachmentPointer,
+    ) -> Result<TransferId, ClientError> {
+        let decryptor = Decryptor::new(pointer)?;
+        let blob = BlobId(
+            pointer
+                .blob_id()
+                .try_into()
+                .map_err(|_| AttachmentError::InvalidBlobId)?,
+        );
+        let id = self.next_transfer;
+        self.next_transfer += 1;
+        self.transfers.insert(
+            id,
+            Transfer::Download {
+                decryptor: Some(decryptor),
+                blob,
+                expected: pointer.ciphertext_len(),
+            },
+        );
+        self.request(
+            Request::Download { blob, offset: 0 },
+            Pending::Download { transfer: id },
+        );
+        Ok(TransferId(id))
+    }
+
+    fn fail_transfer(&mut self, transfer: u64, reason: impl Into<String>) {
+        if self.transfers.remove(&transfer).is_some() {
+            self.events.push_back(ClientEvent::TransferFailed {
+                transfer: TransferId(transfer),
+                reason: reason.into(),
+            });
+        }
+    }
+
+    fn handle_transfer(&mut self, pending: &Pending, result: Result<Response, ProtocolError>) {
+        match (pending, result) {
+            (Pending::UploadBegin { transfer }, Ok(Response::UploadStarted { upload })) => {
+                if let Some(Transfer::Upload { upload: slot, .. }) =
+                    self.transfers.get_mut(transfer)
+                {
+                    *slot = Some(upload);
+                    self.events
+                        .push_back(ClientEvent::UploadReady(TransferId(*transfer)));
+                }
+            }
+            (Pending::UploadChunk { .. }, Ok(_)) => {}
+            (Pending::UploadFinish { transfer }, Ok(Response::Uploaded { blob })) => {
+                if let Some(Transfer::Upload {
+                    pointer: Some(pending),
+                    ..
+                }) = self.transfers.remove(transfer)
+                {
+                    match pending.into_pointer(blob.0.to_vec()) {
+                        Ok(pointer) => self.events.push_back(ClientEvent::Uploaded {
+                            transfer: TransferId(*transfer),
+                            pointer,
+                        }),
+                        Err(e) => self.fail_transfer(*transfer, e.to_string()),
+                    }
+                }
+            }
+            (
+                Pending::Download { transfer },
+                Ok(Response::DownloadChunk {
+                    total,
+                    offset,
+                    data,
+                }),
+            ) => {
+                self.handle_download_chunk(*transfer, total, offset, &data);
+            }
+            (
+                Pending::UploadBegin { transfer }
+                | Pending::UploadChunk { transfer }
+                | Pending::UploadFinish { transfer }
+                | Pending::Download { transfer },
+                result,
+            ) => {
+                let reason = match result {
+                    Err(e) => e.to_string(),
+                    Ok(r) => format!("unexpected answer {r:?}"),
+                };
+                self.fail_transfer(*transfer, reason);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_download_chunk(&mut self, transfer: u64, total: u64, offset: u64, data: &[u8]) {
+        let Some(Transfer::Download {
+            decryptor,
+            blob,
+            expected,
+        }) = self.transfers.get_mut(&transfer)
+        else {
+            return;
+        };
+        let (blob, expected) = (*blob, *expected);
+        let Some(d) = decryptor.as_mut() else { return };
+        if total != expected || data.is_empty() && offset < total {
+            self.fail_transfer(transfer, "the blob has another size than the pointer says");
+            return;
+        }
+        let mut out = Zeroizing::new(Vec::with_capacity(data.len()));
+        if let Err(e) = d.update(data, &mut out) {
+            self.fail_transfer(transfer, e.to_string());
+            return;
+        }
+        if !out.is_empty() {
+            self.events.push_back(ClientEvent::AttachmentData {
+                transfer: TransferId(transfer),
+                data: Plaintext(out),
+            });
+        }
+        let next = offset + data.len() as u64;
+        if next < total {
+            self.request(
+                Request::Download { blob, offset: next },
+                Pending::Download { transfer },
+            );
+            return;
+        }
+        let finished = decryptor.take().map(Decryptor::finish);
+        self.transfers.remove(&transfer);
+        match finished {
+            Some(Ok(())) => self
+                .events
+                .push_back(ClientEvent::Downloaded(TransferId(transfer))),
+            Some(Err(e)) => self.events.push_back(ClientEvent::TransferFailed {
+                transfer: TransferId(transfer),
+                reason: e.to_string(),
+            }),
+            None => {}
+        }
+    }
+
     fn add_job<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
@@ -410,7 +756,7 @@ impl<S: Store> Client<S> {
             Err(e) => self
                 .events
                 .push_back(ClientEvent::ServerError(ProtocolError::new(
-                    crate::wire::protocol::ErrorCode::TooLarge,
+                    ErrorCode::TooLarge,
                     e.to_string(),
                 ))),
         }
@@ -627,6 +973,16 @@ impl<S: Store> Client<S> {
         result: Result<Response, ProtocolError>,
         now: u64,
     ) -> Result<(), ClientError> {
+        if matches!(
+            pending,
+            Pending::UploadBegin { .. }
+                | Pending::UploadChunk { .. }
+                | Pending::UploadFinish { .. }
+                | Pending::Download { .. }
+        ) {
+            self.handle_transfer(&pending, result);
+            return Ok(());
+        }
         match (pending, result) {
             (Pending::Authenticate, Ok(Response::Authenticated { .. })) => {
                 self.authenticated = true;

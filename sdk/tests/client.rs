@@ -13,7 +13,8 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 
 use common::{T0, rng};
-use hush::client::{Client, ClientConfig, ClientEvent};
+use hush::attachment::AttachmentKind;
+use hush::client::{Client, ClientConfig, ClientEvent, TransferId};
 use hush::keys::{
     DeviceAddress, DeviceAuthKeyPair, DeviceCertificate, DeviceId, IdentityKey, IdentityKeyPair,
     OneTimePreKey, SignedPreKey, UserId,
@@ -23,8 +24,9 @@ use hush::store::{MemoryStore, StorageKey};
 use hush::wire::content::Body;
 use hush::wire::frame::{FrameDecoder, encode_frame};
 use hush::wire::protocol::{
-    ClientFrame, Delivery, EnvelopeId, ErrorCode, LinkToken, MAX_FRAME_LEN, Nonce, ProtocolError,
-    ProvisioningAddress, Push, Request, Response, ServerFrame, verify_auth,
+    BlobId, CHUNK_LEN, ClientFrame, Delivery, EnvelopeId, ErrorCode, LinkToken, MAX_FRAME_LEN,
+    Nonce, ProtocolError, ProvisioningAddress, Push, Request, Response, ServerFrame, UploadId,
+    verify_auth,
 };
 use hush::{PreKeyBundle, SessionManager};
 use rand_chacha::ChaCha20Rng;
@@ -60,6 +62,8 @@ struct Server {
     rng: ChaCha20Rng,
     /// Attacks: bundles of these devices are replaced by the given bundle.
     forged_bundles: BTreeMap<DeviceAddress, PreKeyBundle>,
+    uploads: BTreeMap<UploadId, (u64, Vec<u8>)>,
+    blobs: BTreeMap<BlobId, Vec<u8>>,
 }
 
 impl Server {
@@ -71,6 +75,8 @@ impl Server {
             next_conn: 1,
             rng: rng(1000),
             forged_bundles: BTreeMap::new(),
+            uploads: BTreeMap::new(),
+            blobs: BTreeMap::new(),
         }
     }
 
@@ -306,6 +312,51 @@ impl Server {
                     q.retain(|d| !envelopes.contains(&d.id));
                 }
                 Ok(Response::Ok)
+            }
+            Request::UploadBegin { kind, size } => {
+                if size > kind.max_ciphertext_len() {
+                    return err(ErrorCode::TooLarge, "over the cap of its kind");
+                }
+                let upload = UploadId::random(&mut self.rng);
+                self.uploads.insert(upload, (size, Vec::new()));
+                Ok(Response::UploadStarted { upload })
+            }
+            Request::UploadChunk {
+                upload,
+                offset,
+                data,
+            } => {
+                let Some((size, blob)) = self.uploads.get_mut(&upload) else {
+                    return err(ErrorCode::NotFound, "no such upload");
+                };
+                if offset != blob.len() as u64 || blob.len() as u64 + data.len() as u64 > *size {
+                    return err(ErrorCode::BadRequest, "out of order or too long");
+                }
+                blob.extend_from_slice(&data);
+                Ok(Response::Ok)
+            }
+            Request::UploadFinish { upload } => {
+                let Some((size, blob)) = self.uploads.remove(&upload) else {
+                    return err(ErrorCode::NotFound, "no such upload");
+                };
+                if blob.len() as u64 != size {
+                    return err(ErrorCode::BadRequest, "short upload");
+                }
+                let id = BlobId::random(&mut self.rng);
+                self.blobs.insert(id, blob);
+                Ok(Response::Uploaded { blob: id })
+            }
+            Request::Download { blob, offset } => {
+                let Some(bytes) = self.blobs.get(&blob) else {
+                    return err(ErrorCode::NotFound, "no such blob");
+                };
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + CHUNK_LEN).min(bytes.len());
+                Ok(Response::DownloadChunk {
+                    total: bytes.len() as u64,
+                    offset,
+                    data: bytes[start..end].to_vec(),
+                })
             }
             Request::Ping => Ok(Response::Pong),
             _ => err(ErrorCode::BadRequest, "not in the test double"),
@@ -768,4 +819,172 @@ fn a_crash_between_the_message_and_confirm_shows_the_same_plaintext_again() {
         .unwrap();
     pump(&mut server, &mut [&mut alice1, &mut bob]);
     assert_eq!(alice1.texts(), vec!["got it"]);
+}
+
+/// Feeds `data` to an upload in 1 MiB pieces, moving bytes in between.
+fn upload(
+    server: &mut Server,
+    dev: &mut Dev,
+    others: &mut [&mut Dev],
+    data: &[u8],
+) -> hush::attachment::AttachmentPointer {
+    let t = dev
+        .client
+        .begin_upload(
+            &mut dev.rng,
+            AttachmentKind::File,
+            "application/octet-stream",
+            data.len() as u64,
+        )
+        .unwrap();
+    pump_with(server, dev, others);
+    assert!(
+        dev.events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::UploadReady(x) if *x == t))
+    );
+    for piece in data.chunks(1 << 20) {
+        dev.client.upload(t, piece).unwrap();
+        pump_with(server, dev, others);
+    }
+    dev.client.finish_upload(t).unwrap();
+    pump_with(server, dev, others);
+    let at = dev
+        .events
+        .iter()
+        .position(|e| matches!(e, ClientEvent::Uploaded { transfer, .. } if *transfer == t));
+    match dev.events.remove(at.expect("uploaded")) {
+        ClientEvent::Uploaded { pointer, .. } => pointer,
+        _ => unreachable!(),
+    }
+}
+
+fn pump_with(server: &mut Server, dev: &mut Dev, others: &mut [&mut Dev]) {
+    let mut all: Vec<&mut Dev> = vec![dev];
+    all.extend(others.iter_mut().map(|d| &mut **d));
+    pump(server, &mut all);
+}
+
+/// The bytes a download released, and whether it completed.
+fn downloaded(dev: &Dev, t: TransferId) -> (Vec<u8>, Option<bool>) {
+    let mut data = Vec::new();
+    let mut done = None;
+    for e in &dev.events {
+        match e {
+            ClientEvent::AttachmentData { transfer, data: d } if *transfer == t => {
+                data.extend_from_slice(&d.0)
+            }
+            ClientEvent::Downloaded(x) if *x == t => done = Some(true),
+            ClientEvent::TransferFailed { transfer, .. } if *transfer == t => done = Some(false),
+            _ => {}
+        }
+    }
+    (data, done)
+}
+
+#[test]
+fn a_20_mib_attachment_round_trips_and_a_tampered_one_fails() {
+    let World {
+        mut server,
+        mut alice1,
+        mut bob,
+        ..
+    } = world();
+    let data: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let pointer = upload(&mut server, &mut alice1, &mut [&mut bob], &data);
+    let blob_len = server.blobs.values().next().unwrap().len();
+    assert_eq!(blob_len as u64, pointer.ciphertext_len());
+
+    alice1
+        .client
+        .send(
+            &mut alice1.rng,
+            &user("bob"),
+            Body::Attachment {
+                pointer,
+                caption: Some("big".into()),
+            },
+            T0,
+        )
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    let received = bob.events.iter().find_map(|e| match e {
+        ClientEvent::Message { content, .. } => match &content.body {
+            Body::Attachment { pointer, .. } => {
+                Some(hush::attachment::AttachmentPointer::from_bytes(&pointer.to_bytes()).unwrap())
+            }
+            _ => None,
+        },
+        _ => None,
+    });
+    let received = received.expect("the pointer arrived end to end");
+    let t = bob.client.begin_download(&received).unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    let (got, done) = downloaded(&bob, t);
+    assert_eq!(done, Some(true));
+    assert!(got == data, "20 MiB came back intact");
+
+    // The server flips one byte in the middle of the stored blob.
+    let blob = server.blobs.values_mut().next().unwrap();
+    let middle = blob.len() / 2;
+    blob[middle] ^= 1;
+    let t = bob.client.begin_download(&received).unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    let (got, done) = downloaded(&bob, t);
+    assert_eq!(done, Some(false), "a tampered blob fails");
+    assert!(
+        got.len() < data.len() / 2 + (1 << 16),
+        "nothing past the damaged chunk was released"
+    );
+    assert!(
+        data.starts_with(&got),
+        "what was released before it is authentic"
+    );
+}
+
+#[test]
+fn timers_ping_rotate_and_publish_prekeys() {
+    let World {
+        mut server,
+        mut alice1,
+        mut bob,
+        ..
+    } = world();
+    let first = server.accounts[&user("alice")].devices[&DeviceId(1)]
+        .signed
+        .clone()
+        .unwrap();
+    let due = alice1.client.poll_timeout().unwrap();
+    assert_eq!(due, T0 + ClientConfig::default().ping_interval);
+    // Eight days later: a ping, a rotation, and the new prekeys published.
+    let later = T0 + 8 * 24 * 3600;
+    alice1
+        .client
+        .handle_timeout(&mut alice1.rng, later)
+        .unwrap();
+    assert!(alice1.client.poll_timeout().unwrap() > later);
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    let now_published = server.accounts[&user("alice")].devices[&DeviceId(1)]
+        .signed
+        .clone()
+        .unwrap();
+    assert_ne!(now_published.id(), first.id());
+    assert!(!has(&alice1, |e| matches!(e, ClientEvent::ServerError(_))));
+    // A new correspondent starts on the new prekeys.
+    let mut carol = Dev::new(
+        &mut server,
+        &IdentityKeyPair::generate(&mut rng(5)),
+        "carol",
+        1,
+        31,
+    );
+    carol.connect(&mut server);
+    carol
+        .client
+        .send_text(&mut carol.rng, &user("alice"), "hello", later)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut carol]);
+    assert_eq!(alice1.texts(), vec!["hello"]);
 }

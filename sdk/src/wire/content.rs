@@ -57,8 +57,8 @@ pub enum ReceiptKind {
     Read,
 }
 
-/// What a message says.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a message says. Its `Debug` output shows no text.
+#[derive(PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Body {
     /// Text.
@@ -85,6 +85,29 @@ pub enum Body {
         /// The message that was sent.
         content: Box<Content>,
     },
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Text(t) => write!(f, "Text(<{} bytes>)", t.len()),
+            Body::Attachment { pointer, caption } => f
+                .debug_struct("Attachment")
+                .field("pointer", pointer)
+                .field("caption_len", &caption.as_ref().map(String::len))
+                .finish(),
+            Body::Receipt { kind, messages } => f
+                .debug_struct("Receipt")
+                .field("kind", kind)
+                .field("messages", messages)
+                .finish(),
+            Body::SentSync { recipient, content } => f
+                .debug_struct("SentSync")
+                .field("recipient", recipient)
+                .field("content", content)
+                .finish(),
+        }
+    }
 }
 
 mod pointer_bytes {

@@ -118,24 +118,11 @@ impl<'de> Deserialize<'de> for Signature {
     }
 }
 
-/// The declared kind of an upload, which sets its size cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum BlobKind {
-    /// An image: at most 5 MiB of plaintext.
-    Image,
-    /// Any file: at most 50 MiB of plaintext.
-    File,
-}
-
-impl BlobKind {
-    /// The plaintext size cap of this kind.
-    pub const fn max_plaintext(self) -> u64 {
-        match self {
-            Self::Image => 5 << 20,
-            Self::File => 50 << 20,
-        }
-    }
-}
+/// The declared kind of an upload, which sets its size cap: the attachment
+/// kinds (an image at most 5 MiB of plaintext, a file at most 50 MiB); the
+/// server accepts at most
+/// [`max_ciphertext_len`](crate::attachment::AttachmentKind::max_ciphertext_len) bytes.
+pub type BlobKind = crate::attachment::AttachmentKind;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,7 +213,7 @@ pub enum Request {
         /// The sealed linking message.
         sealed: Vec<u8>,
     },
-    /// Starts an upload of `size` bytes of ciphertext.
+    /// Starts an upload of `size` bytes of ciphertext (the blob).
     UploadBegin {
         /// The declared kind, which sets the cap.
         kind: BlobKind,
