@@ -92,6 +92,9 @@ pub enum ClientError {
     /// [`ClientEvent::UploadReady`]).
     #[error("transfer not ready")]
     TransferNotReady,
+    /// A link code was refused.
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
 }
 
 /// Names an attachment upload or download of this client.
@@ -186,6 +189,8 @@ pub enum ClientEvent {
     },
     /// The whole attachment arrived and checked out.
     Downloaded(TransferId),
+    /// A permission to link a new device; pass it to [`Client::send_link`].
+    LinkPermission(crate::wire::protocol::LinkToken),
     /// The transfer failed; for a download, the bytes given so far must be
     /// discarded.
     TransferFailed {
@@ -212,6 +217,7 @@ enum Transfer {
 
 enum Pending {
     Authenticate,
+    LinkPermission,
     UploadBegin { transfer: u64 },
     UploadChunk { transfer: u64 },
     UploadFinish { transfer: u64 },
@@ -998,6 +1004,9 @@ impl<S: Store> Client<S> {
                     self.start_job(rng, job, now)?;
                 }
             }
+            (Pending::LinkPermission, Ok(Response::LinkPermission { token, .. })) => {
+                self.events.push_back(ClientEvent::LinkPermission(token));
+            }
             (Pending::PublishPreKeys { one_time }, Ok(_)) if one_time > 0 => {
                 self.events
                     .push_back(ClientEvent::PreKeysReplenished { count: one_time });
@@ -1142,5 +1151,281 @@ impl<S: Store> Client<S> {
             Pending::Send { job: job_id },
         );
         Ok(())
+    }
+}
+
+/// What an unauthenticated connection is for.
+enum Purpose {
+    /// Create an account with its first device.
+    Account {
+        identity_public: crate::keys::IdentityKey,
+        signature: crate::wire::protocol::Signature,
+    },
+    /// Register a device linked with a permission.
+    Linked {
+        permission: crate::wire::protocol::LinkToken,
+    },
+    /// Wait, as a new device, for the sealed link message.
+    Provision {
+        request: crate::link::LinkRequest,
+        code: Option<crate::link::LinkCode>,
+    },
+}
+
+/// What a [`Registration`] produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RegistrationEvent {
+    /// The server assigned this device id: create the device's
+    /// [`SessionManager`] with it (it signs its certificate and prekeys).
+    Registered(DeviceId),
+    /// Show this code to the user (QR or text); it must reach the existing
+    /// device out of band.
+    ShowCode(crate::link::LinkCode),
+    /// The existing device sent the account: register with its permission.
+    Linked(Box<crate::link::LinkedAccount>),
+    /// The server refused.
+    Refused(ProtocolError),
+    /// The link message did not open (it was not sealed to this code).
+    LinkRefused(crate::link::LinkError),
+}
+
+/// The sans-IO side of an unauthenticated connection: registering the first
+/// device of an account, registering a linked device, or waiting as a new
+/// device for its link message. Driven like [`Client`]: input bytes in,
+/// [`Self::poll_transmit`] and [`Self::poll_event`] out.
+pub struct Registration {
+    purpose: Purpose,
+    user: UserId,
+    auth_key: crate::keys::DeviceAuthKey,
+    server_name: String,
+    decoder: FrameDecoder,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<RegistrationEvent>,
+    started: bool,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registration {
+    fn with(
+        purpose: Purpose,
+        user: UserId,
+        auth_key: crate::keys::DeviceAuthKey,
+        server_name: &str,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            purpose,
+            user,
+            auth_key,
+            server_name: canonical_server_name(server_name)?,
+            decoder: FrameDecoder::new(crate::wire::protocol::MAX_PREAUTH_FRAME_LEN),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            started: false,
+        })
+    }
+
+    /// Registers a new account whose first device logs in with `auth`.
+    ///
+    /// # Errors
+    /// [`ClientError::ServerName`].
+    pub fn new_account(
+        identity: &crate::keys::IdentityKeyPair,
+        auth: &crate::keys::DeviceAuthKeyPair,
+        user: UserId,
+        server_name: &str,
+    ) -> Result<Self, ClientError> {
+        let name = canonical_server_name(server_name)?;
+        let signature =
+            crate::wire::protocol::sign_registration(identity, &user, &auth.public_key(), &name);
+        Self::with(
+            Purpose::Account {
+                identity_public: identity.public_key(),
+                signature,
+            },
+            user,
+            auth.public_key(),
+            &name,
+        )
+    }
+
+    /// Registers a device of `linked`'s account with its permission.
+    ///
+    /// # Errors
+    /// [`ClientError::ServerName`].
+    pub fn linked_device(
+        linked: &crate::link::LinkedAccount,
+        auth: &crate::keys::DeviceAuthKeyPair,
+        server_name: &str,
+    ) -> Result<Self, ClientError> {
+        Self::with(
+            Purpose::Linked {
+                permission: linked.permission,
+            },
+            linked.user.clone(),
+            auth.public_key(),
+            server_name,
+        )
+    }
+
+    /// Waits, as a new device, for an existing device to send the account.
+    ///
+    /// # Errors
+    /// [`ClientError::ServerName`].
+    pub fn provisioning<R: rand_core::CryptoRng + ?Sized>(
+        rng: &mut R,
+        server_name: &str,
+    ) -> Result<Self, ClientError> {
+        // The user and auth key are not known yet; placeholders never sent.
+        let placeholder = crate::keys::DeviceAuthKeyPair::generate(rng).public_key();
+        let user = UserId::new("provisioning").map_err(|_| InvalidServerName)?;
+        Self::with(
+            Purpose::Provision {
+                request: crate::link::LinkRequest::new(rng),
+                code: None,
+            },
+            user,
+            placeholder,
+            server_name,
+        )
+    }
+
+    fn start(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let request = match &self.purpose {
+            Purpose::Account {
+                identity_public,
+                signature,
+            } => Request::RegisterAccount {
+                user: self.user.clone(),
+                identity: *identity_public,
+                auth_key: self.auth_key,
+                signature: *signature,
+            },
+            Purpose::Linked { permission } => Request::RegisterLinkedDevice {
+                user: self.user.clone(),
+                auth_key: self.auth_key,
+                permission: *permission,
+            },
+            Purpose::Provision { .. } => Request::OpenProvisioning,
+        };
+        if let Ok(frame) = encode_frame(&ClientFrame { id: 1, request }.to_payload(), MAX_FRAME_LEN)
+        {
+            self.transmit.push_back(frame);
+        }
+    }
+
+    /// Bytes read from the connection.
+    ///
+    /// # Errors
+    /// [`ClientError::Frame`] or [`ClientError::Decode`]: reconnect.
+    pub fn handle_input(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.decoder.push(bytes)?;
+        while let Some(payload) = self.decoder.next_frame()? {
+            match ServerFrame::from_payload(&payload)? {
+                ServerFrame::Push(Push::Challenge { .. }) => self.start(),
+                ServerFrame::Push(Push::Provisioning { sealed }) => {
+                    if let Purpose::Provision {
+                        request,
+                        code: Some(code),
+                    } = &self.purpose
+                    {
+                        match request.open_code(code, &sealed) {
+                            Ok(linked) => self
+                                .events
+                                .push_back(RegistrationEvent::Linked(Box::new(linked))),
+                            Err(e) => self.events.push_back(RegistrationEvent::LinkRefused(e)),
+                        }
+                    }
+                }
+                ServerFrame::Response { result: Err(e), .. } => {
+                    self.events.push_back(RegistrationEvent::Refused(e))
+                }
+                ServerFrame::Response {
+                    result: Ok(Response::Registered { device }),
+                    ..
+                } => self.events.push_back(RegistrationEvent::Registered(device)),
+                ServerFrame::Response {
+                    result: Ok(Response::Provisioning { address }),
+                    ..
+                } => {
+                    if let Purpose::Provision { request, code } = &mut self.purpose {
+                        let shown = request
+                            .code(&self.server_name, address)
+                            .map_err(|_| InvalidServerName)?;
+                        *code = Some(shown.clone());
+                        self.events.push_back(RegistrationEvent::ShowCode(shown));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The next bytes to write.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<RegistrationEvent> {
+        self.events.pop_front()
+    }
+}
+
+impl<S: Store> Client<S> {
+    /// Asks the server for a single-use permission to link a new device to
+    /// this account; [`ClientEvent::LinkPermission`] follows.
+    pub fn request_link_permission(&mut self) {
+        self.request(Request::RequestLinkPermission, Pending::LinkPermission);
+    }
+
+    /// Seals this account to a new device's code (after the user approved)
+    /// and sends it to the device's provisioning address. A code naming
+    /// another server is refused.
+    ///
+    /// # Errors
+    /// [`ClientError::Link`] for a code of another server.
+    pub fn send_link<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        code: &crate::link::LinkCode,
+        permission: &crate::wire::protocol::LinkToken,
+    ) -> Result<(), ClientError> {
+        let sealed = crate::link::seal_link(
+            rng,
+            code,
+            &self.server_name,
+            self.manager.identity_key_pair(),
+            &self.manager.address().user,
+            permission,
+        )?;
+        self.request(
+            Request::SendProvisioning {
+                address: *code.address(),
+                sealed,
+            },
+            Pending::Quiet,
+        );
+        Ok(())
+    }
+
+    /// Removes another device of this account from the server; peers drop it
+    /// when they next send.
+    pub fn remove_device(&mut self, device: DeviceId) {
+        self.request(Request::RemoveDevice { device }, Pending::Quiet);
     }
 }

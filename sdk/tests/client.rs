@@ -14,10 +14,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 use common::{T0, rng};
 use hush::attachment::AttachmentKind;
-use hush::client::{Client, ClientConfig, ClientEvent, TransferId};
+use hush::client::{
+    Client, ClientConfig, ClientEvent, Registration, RegistrationEvent, TransferId,
+};
 use hush::keys::{
-    DeviceAddress, DeviceAuthKeyPair, DeviceCertificate, DeviceId, IdentityKey, IdentityKeyPair,
-    OneTimePreKey, SignedPreKey, UserId,
+    DeviceAddress, DeviceAuthKey, DeviceAuthKeyPair, DeviceCertificate, DeviceId, IdentityKey,
+    IdentityKeyPair, OneTimePreKey, SignedPreKey, UserId,
 };
 use hush::link::{LinkCode, LinkRequest, seal_link};
 use hush::store::{MemoryStore, StorageKey};
@@ -26,7 +28,7 @@ use hush::wire::frame::{FrameDecoder, encode_frame};
 use hush::wire::protocol::{
     BlobId, CHUNK_LEN, ClientFrame, Delivery, EnvelopeId, ErrorCode, LinkToken, MAX_FRAME_LEN,
     Nonce, ProtocolError, ProvisioningAddress, Push, Request, Response, ServerFrame, UploadId,
-    verify_auth,
+    verify_auth, verify_registration,
 };
 use hush::{PreKeyBundle, SessionManager};
 use rand_chacha::ChaCha20Rng;
@@ -35,6 +37,7 @@ const SERVER: &str = "chat.example.org";
 
 #[derive(Default)]
 struct DeviceRecord {
+    auth_key: Option<DeviceAuthKey>,
     certificate: Option<DeviceCertificate>,
     signed: Option<SignedPreKey>,
     last_resort: Option<SignedPreKey>,
@@ -48,6 +51,7 @@ struct Account {
 
 struct Conn {
     device: Option<DeviceAddress>,
+    provisioning: Option<ProvisioningAddress>,
     nonce: Nonce,
     decoder: FrameDecoder,
     out: VecDeque<Vec<u8>>,
@@ -64,6 +68,7 @@ struct Server {
     forged_bundles: BTreeMap<DeviceAddress, PreKeyBundle>,
     uploads: BTreeMap<UploadId, (u64, Vec<u8>)>,
     blobs: BTreeMap<BlobId, Vec<u8>>,
+    permissions: Vec<(UserId, LinkToken)>,
 }
 
 impl Server {
@@ -77,6 +82,7 @@ impl Server {
             forged_bundles: BTreeMap::new(),
             uploads: BTreeMap::new(),
             blobs: BTreeMap::new(),
+            permissions: Vec::new(),
         }
     }
 
@@ -106,6 +112,7 @@ impl Server {
         let nonce = Nonce::random(&mut self.rng);
         let mut conn = Conn {
             device: None,
+            provisioning: None,
             nonce,
             decoder: FrameDecoder::new(MAX_FRAME_LEN),
             out: VecDeque::new(),
@@ -169,16 +176,18 @@ impl Server {
         let err = |code, m: &str| Err(ProtocolError::new(code, m));
         let me = self.conns[&id].device.clone();
         if let Request::Authenticate { device, signature } = &request {
-            let Some(cert) = self
+            let record = self
                 .accounts
                 .get(&device.user)
-                .and_then(|a| a.devices.get(&device.device))
-                .and_then(|d| d.certificate.clone())
-            else {
+                .and_then(|a| a.devices.get(&device.device));
+            let Some(auth_key) = record.and_then(|d| {
+                d.auth_key
+                    .or_else(|| d.certificate.as_ref().map(|c| *c.auth_key()))
+            }) else {
                 return err(ErrorCode::Unauthenticated, "unknown device");
             };
             let nonce = self.conns[&id].nonce;
-            if verify_auth(cert.auth_key(), &nonce, SERVER, signature).is_err() {
+            if verify_auth(&auth_key, &nonce, SERVER, signature).is_err() {
                 return err(ErrorCode::Unauthenticated, "bad signature");
             }
             self.conns.get_mut(&id).unwrap().device = Some(device.clone());
@@ -195,6 +204,81 @@ impl Server {
             }
             return Ok(Response::Authenticated { server_time: T0 });
         }
+        match &request {
+            Request::RegisterAccount {
+                user,
+                identity,
+                auth_key,
+                signature,
+            } => {
+                if self.accounts.contains_key(user) {
+                    return err(ErrorCode::Conflict, "taken");
+                }
+                if verify_registration(identity, user, auth_key, SERVER, signature).is_err() {
+                    return err(ErrorCode::Unauthenticated, "bad registration signature");
+                }
+                let mut devices = BTreeMap::new();
+                devices.insert(
+                    DeviceId(1),
+                    DeviceRecord {
+                        auth_key: Some(*auth_key),
+                        ..Default::default()
+                    },
+                );
+                self.accounts.insert(
+                    user.clone(),
+                    Account {
+                        identity: *identity,
+                        devices,
+                    },
+                );
+                return Ok(Response::Registered {
+                    device: DeviceId(1),
+                });
+            }
+            Request::RegisterLinkedDevice {
+                user,
+                auth_key,
+                permission,
+            } => {
+                let Some(at) = self
+                    .permissions
+                    .iter()
+                    .position(|(u, t)| u == user && t == permission)
+                else {
+                    return err(ErrorCode::Expired, "no such permission");
+                };
+                self.permissions.remove(at);
+                let account = self.accounts.get_mut(user).unwrap();
+                let device = DeviceId(account.devices.keys().map(|d| d.0).max().unwrap_or(0) + 1);
+                account.devices.insert(
+                    device,
+                    DeviceRecord {
+                        auth_key: Some(*auth_key),
+                        ..Default::default()
+                    },
+                );
+                let others: Vec<DeviceId> = account
+                    .devices
+                    .keys()
+                    .copied()
+                    .filter(|d| *d != device)
+                    .collect();
+                for d in others {
+                    self.push_to(
+                        &DeviceAddress::new(user.clone(), d),
+                        Push::DevicesChanged { user: user.clone() },
+                    );
+                }
+                return Ok(Response::Registered { device });
+            }
+            Request::OpenProvisioning => {
+                let address = ProvisioningAddress::random(&mut self.rng);
+                self.conns.get_mut(&id).unwrap().provisioning = Some(address);
+                return Ok(Response::Provisioning { address });
+            }
+            _ => {}
+        }
         let Some(me) = me else {
             return err(ErrorCode::Unauthenticated, "log in first");
         };
@@ -205,6 +289,20 @@ impl Server {
                     return err(ErrorCode::BadRequest, "bad certificate");
                 }
                 account.devices.entry(me.device).or_default().certificate = Some(certificate);
+                let others: Vec<DeviceId> = account
+                    .devices
+                    .keys()
+                    .copied()
+                    .filter(|d| *d != me.device)
+                    .collect();
+                for d in others {
+                    self.push_to(
+                        &DeviceAddress::new(me.user.clone(), d),
+                        Push::DevicesChanged {
+                            user: me.user.clone(),
+                        },
+                    );
+                }
                 Ok(Response::Ok)
             }
             Request::PublishPreKeys {
@@ -357,6 +455,41 @@ impl Server {
                     offset,
                     data: bytes[start..end].to_vec(),
                 })
+            }
+            Request::RequestLinkPermission => {
+                let token = LinkToken::random(&mut self.rng);
+                self.permissions.push((me.user.clone(), token));
+                Ok(Response::LinkPermission {
+                    token,
+                    expires_at: T0 + 600,
+                })
+            }
+            Request::SendProvisioning { address, sealed } => {
+                for conn in self.conns.values_mut() {
+                    if conn.provisioning == Some(address) {
+                        conn.out
+                            .push_back(frame(&ServerFrame::Push(Push::Provisioning {
+                                sealed: sealed.clone(),
+                            })));
+                    }
+                }
+                Ok(Response::Ok)
+            }
+            Request::RemoveDevice { device } => {
+                let account = self.accounts.get_mut(&me.user).unwrap();
+                account.devices.remove(&device);
+                let others: Vec<DeviceId> = account.devices.keys().copied().collect();
+                self.queues
+                    .remove(&DeviceAddress::new(me.user.clone(), device));
+                for d in others {
+                    self.push_to(
+                        &DeviceAddress::new(me.user.clone(), d),
+                        Push::DevicesChanged {
+                            user: me.user.clone(),
+                        },
+                    );
+                }
+                Ok(Response::Ok)
             }
             Request::Ping => Ok(Response::Pong),
             _ => err(ErrorCode::BadRequest, "not in the test double"),
@@ -987,4 +1120,167 @@ fn timers_ping_rotate_and_publish_prekeys() {
         .unwrap();
     pump(&mut server, &mut [&mut alice1, &mut bob, &mut carol]);
     assert_eq!(alice1.texts(), vec!["hello"]);
+}
+
+/// Runs an unauthenticated registration or provisioning connection until it
+/// produces an event.
+fn drive(server: &mut Server, conn: u32, reg: &mut Registration) -> RegistrationEvent {
+    for _ in 0..100 {
+        while let Some(bytes) = server.output(conn) {
+            reg.handle_input(&bytes).unwrap();
+        }
+        if let Some(e) = reg.poll_event() {
+            return e;
+        }
+        let mut moved = false;
+        while let Some(bytes) = reg.poll_transmit() {
+            server.input(conn, &bytes);
+            moved = true;
+        }
+        if !moved && server.conns[&conn].out.is_empty() {
+            break;
+        }
+    }
+    panic!("no registration event");
+}
+
+fn client_for(
+    identity: IdentityKeyPair,
+    auth: DeviceAuthKeyPair,
+    name: &str,
+    device: DeviceId,
+    seed: u64,
+) -> Dev {
+    let mut r = rng(seed);
+    let key = StorageKey::generate(&mut r);
+    let m = SessionManager::create(
+        MemoryStore::new(),
+        &key,
+        identity,
+        auth,
+        user(name),
+        device,
+        Default::default(),
+        &mut r,
+        T0,
+    )
+    .unwrap();
+    Dev {
+        client: Client::new(m, SERVER, ClientConfig::default()).unwrap(),
+        key,
+        conn: None,
+        events: Vec::new(),
+        rng: r,
+    }
+}
+
+/// The whole life of a second device over the protocol: an account is
+/// registered, a new device shows its code, the first device sends it the
+/// account, the new device registers and receives messages, and once removed
+/// it gets nothing more and the peer drops it.
+#[test]
+fn register_link_and_remove_devices_over_the_protocol() {
+    let mut server = Server::new();
+    let mut r = rng(90);
+
+    // Alice's first device creates the account.
+    let identity = IdentityKeyPair::generate(&mut r);
+    let auth = DeviceAuthKeyPair::generate(&mut r);
+    let conn = server.open();
+    let mut reg = Registration::new_account(&identity, &auth, user("alice"), SERVER).unwrap();
+    let got = drive(&mut server, conn, &mut reg);
+    let RegistrationEvent::Registered(device) = got else {
+        let other = got;
+        panic!("not registered: {other:?}")
+    };
+    server.close(conn);
+    let mut alice1 = client_for(identity, auth, "alice", device, 91);
+    alice1.connect(&mut server);
+    // The same name again is refused.
+    let conn = server.open();
+    let (other_id, other_auth) = (
+        IdentityKeyPair::generate(&mut r),
+        DeviceAuthKeyPair::generate(&mut r),
+    );
+    let mut taken =
+        Registration::new_account(&other_id, &other_auth, user("alice"), SERVER).unwrap();
+    assert!(matches!(
+        drive(&mut server, conn, &mut taken),
+        RegistrationEvent::Refused(_)
+    ));
+    server.close(conn);
+
+    let bob_identity = IdentityKeyPair::generate(&mut r);
+    let mut bob = Dev::new(&mut server, &bob_identity, "bob", 1, 92);
+    bob.connect(&mut server);
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+
+    // A new device of Alice's waits for its link message.
+    let waiting = server.open();
+    let mut provisioning = Registration::provisioning(&mut r, SERVER).unwrap();
+    let RegistrationEvent::ShowCode(code) = drive(&mut server, waiting, &mut provisioning) else {
+        panic!("no code")
+    };
+    let scanned = LinkCode::from_bytes(&code.to_bytes()).unwrap(); // out of band
+    alice1.client.request_link_permission();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    let token = alice1.events.iter().find_map(|e| match e {
+        ClientEvent::LinkPermission(t) => Some(*t),
+        _ => None,
+    });
+    alice1
+        .client
+        .send_link(&mut alice1.rng, &scanned, &token.unwrap())
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    let RegistrationEvent::Linked(linked) = drive(&mut server, waiting, &mut provisioning) else {
+        panic!("not linked")
+    };
+    server.close(waiting);
+    let auth2 = DeviceAuthKeyPair::generate(&mut r);
+    let conn = server.open();
+    let mut reg2 = Registration::linked_device(&linked, &auth2, SERVER).unwrap();
+    let RegistrationEvent::Registered(device2) = drive(&mut server, conn, &mut reg2) else {
+        panic!("not registered")
+    };
+    server.close(conn);
+    // The permission was single use.
+    let conn = server.open();
+    let mut again =
+        Registration::linked_device(&linked, &DeviceAuthKeyPair::generate(&mut r), SERVER).unwrap();
+    assert!(matches!(
+        drive(&mut server, conn, &mut again),
+        RegistrationEvent::Refused(_)
+    ));
+    server.close(conn);
+    let linked = *linked;
+    let mut alice2 = client_for(linked.identity, auth2, "alice", device2, 93);
+    alice2.connect(&mut server);
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut alice2]);
+
+    bob.client
+        .send_text(&mut bob.rng, &user("alice"), "to both", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut alice2]);
+    assert_eq!(alice1.texts(), vec!["to both"]);
+    assert_eq!(alice2.texts(), vec!["to both"]);
+
+    // Alice removes the second device from the first.
+    alice1.client.remove_device(device2);
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut alice2]);
+    assert!(has(
+        &alice1,
+        |e| matches!(e, ClientEvent::Trust(hush::Event::DeviceRemoved(a)) if a.device == device2)
+    ));
+    bob.client
+        .send_text(&mut bob.rng, &user("alice"), "only one", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut alice2]);
+    assert_eq!(alice1.texts(), vec!["to both", "only one"]);
+    assert_eq!(alice2.texts(), vec!["to both"]);
+    assert!(has(
+        &bob,
+        |e| matches!(e, ClientEvent::Trust(hush::Event::DeviceRemoved(a)) if a.device == device2)
+    ));
+    assert!(has(&bob, |e| matches!(e, ClientEvent::Sent { .. })));
 }
