@@ -1423,6 +1423,40 @@ impl<S: Store> Client<S> {
         Ok(())
     }
 
+    /// Replaces the account identity (after a device was lost or stolen): the
+    /// device re-signs its certificate and prekeys, drops its sessions and
+    /// tells the server, which removes the account's other devices. Peers
+    /// see an identity change on the next message.
+    ///
+    /// # Errors
+    /// A store error.
+    pub fn replace_account_identity<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        identity: crate::keys::IdentityKeyPair,
+        now: u64,
+    ) -> Result<(), ClientError> {
+        let signature = crate::wire::protocol::sign_registration(
+            &identity,
+            &self.manager.address().user,
+            &self.manager.device_auth_key().public_key(),
+            &self.server_name,
+        );
+        let public = identity.public_key();
+        self.manager.replace_account_identity(rng, identity, now)?;
+        self.request(
+            Request::ReplaceIdentity {
+                identity: public,
+                signature,
+            },
+            Pending::Quiet,
+        );
+        let certificate = self.manager.certificate().clone();
+        self.request(Request::PublishCertificate { certificate }, Pending::Quiet);
+        self.publish_signed_prekeys()?;
+        Ok(())
+    }
+
     /// Removes another device of this account from the server; peers drop it
     /// when they next send.
     pub fn remove_device(&mut self, device: DeviceId) {

@@ -575,6 +575,59 @@ impl<S: Store> SessionManager<S> {
         }
     }
 
+    /// Replaces this account's identity, for instance after a device was lost
+    /// or stolen (it still holds the old identity). The device's certificate
+    /// and signed prekeys are made anew under the new identity, and peers
+    /// meet the new identity in the next initial
+    /// message and see an identity change (sessions are kept to decrypt what
+    /// is still on its way, but the next message to each peer starts a new
+    /// session). The server must be told
+    /// ([`crate::wire::protocol::Request::ReplaceIdentity`]), and the
+    /// account's other devices must be linked again.
+    ///
+    /// # Errors
+    /// A store error; then nothing changed.
+    pub fn replace_account_identity<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        identity: IdentityKeyPair,
+        now: u64,
+    ) -> Result<(), Error> {
+        let address = self.address().clone();
+        let certificate =
+            identity.certify_device(&address.user, address.device, &self.auth.public_key(), now);
+        let prekeys = PreKeyState::new(rng, &identity, &address, self.prekeys.settings, now);
+        let sessions = self.store.scan(Table::Sessions)?;
+        let record = AccountRecord {
+            identity_seed: identity.seed(),
+            auth_seed: self.auth.seed(),
+            certificate: certificate.clone(),
+            prekeys: prekeys.clone(),
+        };
+        let mut marked = Vec::with_capacity(sessions.len());
+        for (row, sealed) in sessions {
+            let mut peer: PeerSessions = self.vault.open(Table::Sessions, &row, &sealed)?;
+            peer.require_new_session();
+            marked.push((row, peer));
+        }
+        let mut changes = self.changes(rng);
+        for (row, peer) in &marked {
+            let sealed = changes
+                .vault
+                .seal(changes.rng, Table::Sessions, row, peer)?;
+            changes.batch.put(Table::Sessions, row.clone(), sealed);
+        }
+        // Our own user's devices were certified by the old identity.
+        changes.delete(Table::Devices, address.user.as_str().as_bytes());
+        changes.put(Table::Account, ACCOUNT_ROW, &record)?;
+        let batch = changes.batch;
+        self.store.apply(batch)?;
+        self.identity = identity;
+        self.certificate = certificate;
+        self.prekeys = prekeys;
+        Ok(())
+    }
+
     /// Accepts a changed identity for `user` (after the user was told). Known
     /// devices and sessions of the user are forgotten.
     ///
@@ -703,7 +756,7 @@ impl<S: Store> SessionManager<S> {
     pub fn has_session(&self, peer: &DeviceAddress) -> Result<bool, Error> {
         Ok(self
             .load::<PeerSessions>(Table::Sessions, &peer.to_bytes())?
-            .is_some_and(|s| !s.is_empty()))
+            .is_some_and(|s| s.can_send()))
     }
 
     /// The active session with `peer`, for inspection.
@@ -820,6 +873,9 @@ impl<S: Store> SessionManager<S> {
         let mut sessions: PeerSessions = self
             .load(Table::Sessions, &id)?
             .ok_or_else(|| Error::NoSession(peer.clone()))?;
+        if !sessions.can_send() {
+            return Err(Error::NoSession(peer.clone()));
+        }
         let session = sessions
             .active_mut()
             .ok_or_else(|| Error::NoSession(peer.clone()))?;

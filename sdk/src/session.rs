@@ -232,11 +232,24 @@ fn message_ad<'a>(session_ad: &'a [u8], initial: Option<&InitialHeader>) -> Cow<
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PeerSessions {
     sessions: Vec<SessionState>,
+    /// Set when this account's identity was replaced: the sessions still
+    /// decrypt, but the next message must start a new session.
+    needs_new_session: bool,
 }
 
 impl PeerSessions {
+    /// Whether a message can be sent on the active session.
+    pub(crate) fn can_send(&self) -> bool {
+        !self.sessions.is_empty() && !self.needs_new_session
+    }
+
+    pub(crate) fn require_new_session(&mut self) {
+        self.needs_new_session = true;
+    }
+
     /// Adds a session this device initiated: it becomes active.
     pub(crate) fn insert_initiated(&mut self, session: SessionState) {
+        self.needs_new_session = false;
         self.sessions.insert(0, session);
         self.sessions.truncate(1 + MAX_PREVIOUS_SESSIONS);
     }

@@ -456,6 +456,43 @@ impl Server {
                     data: bytes[start..end].to_vec(),
                 })
             }
+            Request::ReplaceIdentity {
+                identity,
+                signature,
+            } => {
+                let account = self.accounts.get_mut(&me.user).unwrap();
+                let auth_key = account.devices[&me.device]
+                    .auth_key
+                    .or_else(|| {
+                        account.devices[&me.device]
+                            .certificate
+                            .as_ref()
+                            .map(|c| *c.auth_key())
+                    })
+                    .unwrap();
+                if verify_registration(&identity, &me.user, &auth_key, SERVER, &signature).is_err()
+                {
+                    return err(ErrorCode::Unauthenticated, "bad signature");
+                }
+                account.identity = identity;
+                let others: Vec<DeviceId> = account
+                    .devices
+                    .keys()
+                    .copied()
+                    .filter(|d| *d != me.device)
+                    .collect();
+                for d in others {
+                    account.devices.remove(&d);
+                    let gone = DeviceAddress::new(me.user.clone(), d);
+                    self.queues.remove(&gone);
+                    for conn in self.conns.values_mut() {
+                        if conn.device.as_ref() == Some(&gone) {
+                            conn.device = None;
+                        }
+                    }
+                }
+                Ok(Response::Ok)
+            }
             Request::RequestLinkPermission => {
                 let token = LinkToken::random(&mut self.rng);
                 self.permissions.push((me.user.clone(), token));
@@ -1283,4 +1320,83 @@ fn register_link_and_remove_devices_over_the_protocol() {
         |e| matches!(e, ClientEvent::Trust(hush::Event::DeviceRemoved(a)) if a.device == device2)
     ));
     assert!(has(&bob, |e| matches!(e, ClientEvent::Sent { .. })));
+}
+
+/// A stolen device holds the account identity; replacing it locks the thief
+/// out: the server drops the other devices, peers see the change, and a device
+/// certified by the old identity is refused once they accepted it.
+#[test]
+fn replacing_the_account_identity_locks_out_a_stolen_device() {
+    let World {
+        mut server,
+        alice_identity,
+        mut alice1,
+        mut bob,
+    } = world();
+    let mut stolen = Dev::new(&mut server, &alice_identity, "alice", 2, 40);
+    stolen.connect(&mut server);
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut stolen]);
+    bob.client
+        .send_text(&mut bob.rng, &user("alice"), "before", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut stolen]);
+    assert_eq!(stolen.texts(), vec!["before"]);
+
+    let mut r = rng(41);
+    let new_identity = IdentityKeyPair::generate(&mut r);
+    let new_key = new_identity.public_key();
+    alice1
+        .client
+        .replace_account_identity(&mut alice1.rng, new_identity, T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut stolen]);
+    assert_eq!(server.accounts[&user("alice")].identity, new_key);
+    assert_eq!(server.accounts[&user("alice")].devices.len(), 1);
+    assert!(!has(&alice1, |e| matches!(e, ClientEvent::ServerError(_))));
+
+    // Bob still sends on his session: the server drops the stolen device from
+    // the list, and alice.1 still decrypts what is on its way.
+    bob.client
+        .send_text(&mut bob.rng, &user("alice"), "in transit", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut stolen]);
+    assert_eq!(alice1.texts(), vec!["before", "in transit"]);
+    assert_eq!(stolen.texts(), vec!["before"]);
+
+    // Alice's next message starts a new session under the new identity: Bob
+    // is told, and accepts only when he chooses to.
+    alice1
+        .client
+        .send_text(&mut alice1.rng, &user("bob"), "new me", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut stolen]);
+    let change = bob.events.iter().find_map(|e| match e {
+        ClientEvent::IdentityChanged(c) => Some(c.clone()),
+        _ => None,
+    });
+    let change = change.expect("Bob sees the identity change");
+    assert_eq!(change.received, new_key);
+    assert!(!bob.texts().contains(&"new me".to_owned()));
+    bob.client
+        .manager_mut()
+        .accept_identity_change(&mut bob.rng, &user("alice"), &new_key, T0)
+        .unwrap();
+    bob.disconnect(&mut server);
+    bob.connect(&mut server);
+    pump(&mut server, &mut [&mut alice1, &mut bob, &mut stolen]);
+    assert!(
+        bob.texts().contains(&"new me".to_owned()),
+        "redelivered after the user accepted"
+    );
+
+    // A device certified by the old identity is now refused.
+    let ghost_bundle = stolen.client.manager().bundle().unwrap();
+    let got = bob
+        .client
+        .manager_mut()
+        .start_session(&mut bob.rng, &ghost_bundle, T0);
+    assert!(
+        matches!(got, Err(hush::Error::IdentityChanged(_))),
+        "{got:?}"
+    );
 }

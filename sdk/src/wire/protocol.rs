@@ -190,6 +190,16 @@ pub enum Request {
     },
     /// Deletes the caller's account with all its data.
     DeleteAccount,
+    /// Replaces the caller's account identity (a device was lost or stolen).
+    /// `signature` is by the new identity over [`registration_payload`] for
+    /// this device's auth key. The account's other devices are removed; they
+    /// must be linked again.
+    ReplaceIdentity {
+        /// The new account identity.
+        identity: IdentityKey,
+        /// Proof of the new identity, bound to the server name.
+        signature: Signature,
+    },
     /// Sends one envelope to each device of `recipient`.
     Send {
         /// The recipient user (the sender's own user for copies to its other devices).
@@ -718,6 +728,15 @@ mod tests {
                 device: s.address.device,
             },
             Request::DeleteAccount,
+            Request::ReplaceIdentity {
+                identity: s.identity.public_key(),
+                signature: sign_registration(
+                    &s.identity,
+                    &s.user,
+                    &s.auth.public_key(),
+                    "x.example",
+                ),
+            },
             Request::Send {
                 recipient: s.user.clone(),
                 envelopes: vec![
