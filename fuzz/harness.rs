@@ -5,10 +5,16 @@
 //!
 //! Each entry point takes arbitrary bytes and panics only when Hush breaks a
 //! promise: a panic inside Hush, a failed operation that changed the store
-//! ("on any error, nothing was stored"), or a message that decrypts twice.
+//! ("on any error, nothing was stored"), a message that decrypts twice, a
+//! decoded value that does not survive re-encoding, a frame stream that
+//! splits differently depending on where the bytes were cut, or an
+//! attachment that releases bytes it did not authenticate.
 //!
-//! The fixture is built once, deterministically (seeded RNG, fixed time), so a
-//! corpus file means the same thing on every run.
+//! This file holds the session and store targets; [`wire`] the byte formats
+//! between client and server, [`attachment`] the attachment pointer and blob.
+//!
+//! The fixtures are built once, deterministically (seeded RNG, fixed time),
+//! so a corpus file means the same thing on every run.
 
 #![allow(
     dead_code,
@@ -46,10 +52,25 @@ pub(crate) type Target = (&'static str, fn(&[u8]));
 pub(crate) type Row = ((Table, Vec<u8>), Vec<u8>);
 
 /// The fuzz targets.
-pub(crate) const TARGETS: [Target; 2] = [
+pub(crate) const TARGETS: [Target; 8] = [
     ("decrypt_message", decrypt_message),
     ("open_stored_state", open_stored_state),
+    ("frame_decoder", wire::frame_decoder),
+    ("client_frame", wire::client_frame),
+    ("server_frame", wire::server_frame),
+    ("envelope", wire::envelope),
+    ("content", wire::content),
+    ("attachment_decrypt", attachment::attachment_decrypt),
 ];
+
+/// A seed corpus file: target, file name, contents.
+pub(crate) type Seed = (&'static str, String, Vec<u8>);
+
+// Paths relative to this file, whichever crate includes it.
+#[path = "harness/attachment.rs"]
+pub(crate) mod attachment;
+#[path = "harness/wire.rs"]
+pub(crate) mod wire;
 
 /// Messages captured while the fixture was built, all addressed to Bob.
 #[derive(Debug)]
@@ -415,10 +436,18 @@ fn exercise(bob: &mut SessionManager<MemoryStore>, fx: &Fixture) {
     });
 }
 
-/// A small seed corpus: the captured messages, truncations and bit flips of
-/// them for `decrypt_message`; every row's real record, sealed and raw, with
-/// truncations, bit flips and deletions for `open_stored_state`.
-pub(crate) fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
+/// The seed corpus of every target: for `decrypt_message` the captured
+/// messages, truncations and bit flips of them; for `open_stored_state` every
+/// row's real record, sealed and raw, with truncations, bit flips and
+/// deletions; for the others see [`wire::seeds`] and [`attachment::seeds`].
+pub(crate) fn seed_corpus() -> Vec<Seed> {
+    let mut out = session_seeds();
+    out.extend(wire::seeds());
+    out.extend(attachment::seeds());
+    out
+}
+
+fn session_seeds() -> Vec<Seed> {
     let fx = fixture();
     let m = &fx.messages;
     let mut out = Vec::new();
