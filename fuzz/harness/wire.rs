@@ -429,6 +429,14 @@ pub(crate) fn client_frames() -> Vec<(&'static str, ClientFrame)> {
             "fetch-bundles",
             Request::FetchBundles {
                 user: alice.clone(),
+                devices: vec![DeviceId(1), DeviceId(2)],
+            },
+        ),
+        (
+            "replace-identity",
+            Request::ReplaceIdentity {
+                identity: m.identity.public_key(),
+                signature: sign_registration(&m.identity, &m.user, &m.auth.public_key(), SERVER),
             },
         ),
         ("list-devices", Request::ListDevices { user: alice }),
@@ -955,8 +963,9 @@ fn frame_seeds(client: &[(&str, ClientFrame)]) -> Vec<(String, Vec<u8>)> {
         ),
     ];
     // The longest payload just fits a cap of its own size, and is one over a cap of one less.
-    let send = frame(&payloads[9]);
-    let exact = u16::try_from(payloads[9].len()).expect("a short payload");
+    let biggest = payloads.iter().max_by_key(|p| p.len()).expect("payloads");
+    let send = frame(biggest);
+    let exact = u16::try_from(biggest.len()).expect("a short payload");
     out.push((
         "cap-exact".into(),
         frame_input::encode(exact, false, &[100], &send),
@@ -972,17 +981,12 @@ fn frame_seeds(client: &[(&str, ClientFrame)]) -> Vec<(String, Vec<u8>)> {
             small,
             false,
             &[13],
-            &[frame(b"ab"), frame(&payloads[9])].concat(),
+            &[frame(b"ab"), frame(biggest)].concat(),
         ),
     ));
     out.push((
         "over-cap-lazy".into(),
-        frame_input::encode(
-            small,
-            true,
-            &[13],
-            &[frame(b"ab"), frame(&payloads[9])].concat(),
-        ),
+        frame_input::encode(small, true, &[13], &[frame(b"ab"), frame(biggest)].concat()),
     ));
     out.push((
         "huge-length".into(),
