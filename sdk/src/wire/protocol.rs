@@ -32,6 +32,10 @@ pub const MAX_FRAME_LEN: usize = MAX_DEVICES_PER_USER * (MAX_ENVELOPE_LEN + 16) 
 pub const MAX_ERROR_TEXT: usize = 256;
 /// Longest push token.
 pub const MAX_PUSH_TOKEN_LEN: usize = 4096;
+/// Envelope ids per `Ack`, at most.
+pub const MAX_ACK_IDS: usize = 1024;
+/// Longest sealed link message.
+pub const MAX_SEALED_LINK_LEN: usize = 1024;
 
 /// Why a frame payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -258,6 +262,67 @@ pub enum Request {
     },
     /// Keep-alive.
     Ping,
+}
+
+impl Request {
+    /// Checks the limits the types cannot express: one-time prekeys per
+    /// publish, envelopes per send (one per device), chunk sizes, ids per
+    /// ack, token and sealed-message lengths. A server calls it on every
+    /// request; the client never builds a request that fails it.
+    ///
+    /// # Errors
+    /// A [`ProtocolError`] with [`ErrorCode::TooLarge`] or
+    /// [`ErrorCode::BadRequest`].
+    pub fn check_limits(&self) -> Result<(), ProtocolError> {
+        let too_large = |what: &str, n: usize, max: usize| {
+            Err(ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("{what}: {n} over {max}"),
+            ))
+        };
+        match self {
+            Request::PublishPreKeys { one_time, .. }
+                if one_time.len() > MAX_ONE_TIME_PREKEYS_PER_REQUEST =>
+            {
+                too_large(
+                    "one-time prekeys",
+                    one_time.len(),
+                    MAX_ONE_TIME_PREKEYS_PER_REQUEST,
+                )
+            }
+            Request::Send { envelopes, .. } => {
+                if envelopes.len() > MAX_DEVICES_PER_USER {
+                    return too_large("envelopes", envelopes.len(), MAX_DEVICES_PER_USER);
+                }
+                let mut devices: Vec<DeviceId> = envelopes.iter().map(|(d, _)| *d).collect();
+                devices.sort_unstable();
+                devices.dedup();
+                if devices.len() != envelopes.len() {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        "two envelopes for one device",
+                    ));
+                }
+                Ok(())
+            }
+            Request::FetchBundles { devices, .. } if devices.len() > MAX_DEVICES_PER_USER => {
+                too_large("devices", devices.len(), MAX_DEVICES_PER_USER)
+            }
+            Request::Ack { envelopes } if envelopes.len() > MAX_ACK_IDS => {
+                too_large("acknowledged ids", envelopes.len(), MAX_ACK_IDS)
+            }
+            Request::UploadChunk { data, .. } if data.len() > CHUNK_LEN => {
+                too_large("chunk", data.len(), CHUNK_LEN)
+            }
+            Request::RegisterPushToken { token } if token.len() > MAX_PUSH_TOKEN_LEN => {
+                too_large("push token", token.len(), MAX_PUSH_TOKEN_LEN)
+            }
+            Request::SendProvisioning { sealed, .. } if sealed.len() > MAX_SEALED_LINK_LEN => {
+                too_large("link message", sealed.len(), MAX_SEALED_LINK_LEN)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A successful answer.
@@ -934,6 +999,54 @@ mod tests {
         bad[kind_at] = 0;
         assert!(ClientFrame::from_payload(&bad).is_err());
         assert_eq!(ClientFrame::from_payload(&payload).unwrap(), frame);
+    }
+
+    #[test]
+    fn limits_the_types_cannot_express_are_checked() {
+        let mut s = sample(3);
+        for request in requests(&mut s) {
+            assert_eq!(request.check_limits(), Ok(()), "{request:?}");
+        }
+        let over = [
+            Request::PublishPreKeys {
+                signed: None,
+                last_resort: None,
+                one_time: vec![s.one_time; 101],
+            },
+            Request::Send {
+                recipient: s.user.clone(),
+                envelopes: (0..7).map(|d| (DeviceId(d), s.envelope.clone())).collect(),
+            },
+            Request::Send {
+                recipient: s.user.clone(),
+                envelopes: vec![
+                    (DeviceId(1), s.envelope.clone()),
+                    (DeviceId(1), s.envelope.clone()),
+                ],
+            },
+            Request::FetchBundles {
+                user: s.user.clone(),
+                devices: vec![DeviceId(1); 7],
+            },
+            Request::Ack {
+                envelopes: vec![EnvelopeId([0; 16]); MAX_ACK_IDS + 1],
+            },
+            Request::UploadChunk {
+                upload: UploadId([0; 16]),
+                offset: 0,
+                data: vec![0; CHUNK_LEN + 1],
+            },
+            Request::RegisterPushToken {
+                token: "t".repeat(MAX_PUSH_TOKEN_LEN + 1),
+            },
+            Request::SendProvisioning {
+                address: ProvisioningAddress([0; 16]),
+                sealed: vec![0; MAX_SEALED_LINK_LEN + 1],
+            },
+        ];
+        for request in over {
+            assert!(request.check_limits().is_err(), "{request:?}");
+        }
     }
 
     #[test]
