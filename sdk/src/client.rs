@@ -1143,6 +1143,13 @@ impl<S: Store> Client<S> {
             let message = self.manager.encrypt(rng, &address, &padded, now)?;
             envelopes.push((device, Envelope::new(own.clone(), message)?));
         }
+        if envelopes.len() > crate::wire::protocol::MAX_DEVICES_PER_USER {
+            self.fail_job(
+                job_id,
+                "the recipient has more devices than an account may have",
+            );
+            return Ok(());
+        }
         self.request(
             Request::Send {
                 recipient,
