@@ -7,18 +7,20 @@ use std::io::{ErrorKind, Read, Write};
 use zeroize::Zeroizing;
 
 use super::{
-    AttachmentError, AttachmentKind, AttachmentPointer, CHUNK_LEN, Decryptor, Encryptor,
-    HEADER_LEN, PendingPointer, SEALED_CHUNK_LEN,
+    AttachmentError, AttachmentKind, AttachmentPointer, Decryptor, Encryptor, HEADER_LEN,
+    PendingPointer, SEALED_CHUNK_LEN, TAG_LEN,
 };
 
 /// Encrypts exactly `plaintext_len` bytes read from `reader` under a fresh
-/// key, writing the blob to `writer`. Memory use is a few chunks, whatever
-/// the size.
+/// key, writing the blob to `writer`. Memory use is one buffer of a header
+/// and one sealed chunk, whatever the size: each chunk is read into it,
+/// encrypted where it lies and written out from it.
 ///
 /// # Errors
 /// As [`Encryptor::new`]; [`AttachmentError::LengthMismatch`] if `reader`
 /// holds more or fewer bytes than declared; [`AttachmentError::Io`] if reading
-/// or writing fails. On error, what was written is no attachment.
+/// or writing fails. On error, what was written is no attachment (the last
+/// chunk is written only once the reader is known to end with it).
 pub fn encrypt_stream<G, R, W>(
     rng: &mut G,
     kind: AttachmentKind,
@@ -33,26 +35,38 @@ where
     W: Write,
 {
     let mut encryptor = Encryptor::new(rng, kind, media_type, plaintext_len)?;
-    let mut input = Zeroizing::new(vec![0u8; CHUNK_LEN]);
-    let mut output = Vec::with_capacity(HEADER_LEN + SEALED_CHUNK_LEN);
-    loop {
-        let n = read_some(&mut reader, &mut input)?;
-        let Some(piece) = input.get(..n).filter(|p| !p.is_empty()) else {
-            break;
-        };
-        encryptor.update(piece, &mut output)?;
-        writer.write_all(&output)?;
-        output.clear();
+    let mut buf = Zeroizing::new(vec![0u8; HEADER_LEN + SEALED_CHUNK_LEN]);
+    // The header goes out with the first chunk.
+    buf[..HEADER_LEN].copy_from_slice(encryptor.header());
+    let mut start = HEADER_LEN;
+    while let Some(len) = encryptor.next_chunk_len() {
+        let end = start + len;
+        let n = read_full(&mut reader, &mut buf[start..end])?;
+        // A short read means the input ended early: refused as a mismatch.
+        let tag = encryptor.seal_in_place(&mut buf[start..start + n])?;
+        buf[end..end + TAG_LEN].copy_from_slice(&tag);
+        if encryptor.next_chunk_len().is_none() {
+            let extra = extra_bytes(&mut reader)?;
+            if extra > 0 {
+                return Err(AttachmentError::LengthMismatch {
+                    declared: plaintext_len,
+                    actual: plaintext_len.saturating_add(extra),
+                });
+            }
+        }
+        writer.write_all(&buf[..end + TAG_LEN])?;
+        start = 0;
     }
-    let pending = encryptor.finish(&mut output)?;
-    writer.write_all(&output)?;
+    let pending = encryptor.into_pending()?;
     writer.flush()?;
     Ok(pending)
 }
 
 /// Decrypts the blob read from `reader` with `pointer`, writing the plaintext
 /// to `writer` one authenticated chunk at a time, and returns the number of
-/// plaintext bytes written. Memory use is a few chunks, whatever the size.
+/// plaintext bytes written. Memory use is one buffer of one sealed chunk,
+/// whatever the size: each chunk is read into it, verified and decrypted
+/// where it lies and written out from it.
 ///
 /// The plaintext is the attachment only if this returns `Ok`: on any error
 /// (a tampered chunk, a blob cut short) the caller must discard what was
@@ -71,20 +85,25 @@ where
     W: Write,
 {
     let mut decryptor = Decryptor::new(pointer)?;
-    let mut input = vec![0u8; CHUNK_LEN];
-    // A read of `CHUNK_LEN` blob bytes completes at most one chunk, so this
-    // buffer never grows.
-    let mut output = Zeroizing::new(Vec::with_capacity(CHUNK_LEN));
+    let mut buf = Zeroizing::new(vec![0u8; SEALED_CHUNK_LEN]);
+    let n = read_full(&mut reader, &mut buf[..HEADER_LEN])?;
+    if n < HEADER_LEN {
+        return Err(AttachmentError::Truncated);
+    }
+    // The header releases no plaintext: `update` appends nothing.
+    decryptor.update(&buf[..HEADER_LEN], &mut Vec::new())?;
     let mut written = 0u64;
-    loop {
-        let n = read_some(&mut reader, &mut input)?;
-        let Some(piece) = input.get(..n).filter(|p| !p.is_empty()) else {
-            break;
-        };
-        decryptor.update(piece, &mut output)?;
-        writer.write_all(&output)?;
-        written = written.saturating_add(u64::try_from(output.len()).unwrap_or(u64::MAX));
-        output.clear();
+    while let Some(want) = decryptor.next_sealed_len() {
+        let n = read_full(&mut reader, &mut buf[..want])?;
+        if n < want {
+            return Err(AttachmentError::Truncated);
+        }
+        let len = decryptor.open_in_place(&mut buf[..want])?;
+        if decryptor.next_sealed_len().is_none() && extra_bytes(&mut reader)? > 0 {
+            return Err(AttachmentError::TrailingData);
+        }
+        writer.write_all(&buf[..len])?;
+        written = written.saturating_add(u64::try_from(len).unwrap_or(u64::MAX));
     }
     decryptor.finish()?;
     writer.flush()?;
@@ -102,6 +121,27 @@ fn read_some<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<usize, Attachmen
     }
 }
 
+/// Reads until `buf` is full or the input ends; returns the bytes read,
+/// fewer than `buf.len()` only at the end of the input.
+fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<usize, AttachmentError> {
+    let mut filled = 0;
+    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        match read_some(reader, rest)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Whether `reader` holds anything more: 0 at its end, else the bytes of one
+/// read of at most one byte.
+fn extra_bytes<R: Read>(reader: &mut R) -> Result<u64, AttachmentError> {
+    let mut probe = Zeroizing::new([0u8; 1]);
+    let n = read_some(reader, &mut probe[..])?;
+    Ok(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{self, Cursor};
@@ -110,7 +150,7 @@ mod tests {
     use rand_chacha::rand_core::SeedableRng;
 
     use super::*;
-    use crate::attachment::{MAX_BUFFERED_LEN, MAX_FILE_LEN, TAG_LEN};
+    use crate::attachment::{CHUNK_LEN, MAX_BUFFERED_LEN, MAX_FILE_LEN};
 
     const MIB: u64 = 1024 * 1024;
 
@@ -388,6 +428,37 @@ mod tests {
         )
         .unwrap();
         (pending.into_pointer(vec![1]).unwrap(), plaintext, blob)
+    }
+
+    /// The helper's in-place chunks make the blob `Encryptor::update` and
+    /// `finish` make from the same random values.
+    #[test]
+    fn encrypt_stream_writes_the_blob_the_encryptor_writes() {
+        let c = CHUNK_LEN as u64;
+        for len in [0, 1, c - 1, c, c + 1, 3 * c + 17] {
+            let plaintext = Pattern::new(7).bytes(len);
+            let mut rng = ChaCha20Rng::from_seed([7; 32]);
+            let mut enc =
+                Encryptor::new(&mut rng.clone(), AttachmentKind::File, "a/b", len).unwrap();
+            let mut expected = Vec::new();
+            enc.update(&plaintext, &mut expected).unwrap();
+            enc.finish(&mut expected).unwrap();
+            let mut blob = Vec::new();
+            let reader = Stuttering {
+                data: &plaintext,
+                calls: 0,
+            };
+            encrypt_stream(
+                &mut rng,
+                AttachmentKind::File,
+                "a/b",
+                len,
+                reader,
+                &mut blob,
+            )
+            .unwrap();
+            assert!(blob == expected, "len {len}");
+        }
     }
 
     #[test]

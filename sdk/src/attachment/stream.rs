@@ -193,7 +193,91 @@ impl Encryptor {
             });
         }
         self.write_header(out);
-        self.seal(self.next_chunk, true, &self.buf, out)?;
+        // Unless every chunk was sealed in place already.
+        if self.next_chunk < self.chunks {
+            self.seal(self.next_chunk, true, &self.buf, out)?;
+        }
+        Ok(self.into_pointer_data())
+    }
+
+    /// The blob header, for [`encrypt_stream`](super::encrypt_stream), which
+    /// writes it itself before the first chunk.
+    pub(super) fn header(&self) -> &[u8; HEADER_LEN] {
+        &self.header
+    }
+
+    /// Plaintext bytes of the next chunk when the stream is sealed with
+    /// [`seal_in_place`](Self::seal_in_place): a full chunk, or the rest of
+    /// the attachment for the last one; `None` once every chunk is sealed.
+    pub(super) fn next_chunk_len(&self) -> Option<usize> {
+        if self.next_chunk >= self.chunks {
+            return None;
+        }
+        let rest = self.declared.saturating_sub(self.absorbed);
+        Some(usize::try_from(rest).map_or(CHUNK_LEN, |rest| rest.min(CHUNK_LEN)))
+    }
+
+    /// The in-place form of [`update`](Self::update) and
+    /// [`finish`](Self::finish), for [`encrypt_stream`](super::encrypt_stream):
+    /// encrypts `chunk`, which holds the plaintext of the next chunk
+    /// ([`next_chunk_len`](Self::next_chunk_len) bytes), where it lies and
+    /// returns its tag. The blob is [`header`](Self::header), then each chunk
+    /// followed by its tag; [`into_pending`](Self::into_pending) ends the
+    /// stream. Not to be mixed with `update`.
+    ///
+    /// # Errors
+    /// [`AttachmentError::LengthMismatch`] if `chunk` is not the length of the
+    /// next chunk (the input ended early, or every chunk is sealed) or bytes
+    /// were given to `update`; [`AttachmentError::Poisoned`] after an earlier
+    /// error. Any error ends the stream.
+    pub(super) fn seal_in_place(&mut self, chunk: &mut [u8]) -> Result<Tag, AttachmentError> {
+        if self.poisoned {
+            return Err(AttachmentError::Poisoned);
+        }
+        let given = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+        let total = self.absorbed.saturating_add(given);
+        if !self.buf.is_empty() || self.next_chunk_len() != Some(chunk.len()) {
+            self.poisoned = true;
+            return Err(AttachmentError::LengthMismatch {
+                declared: self.declared,
+                actual: total,
+            });
+        }
+        let last = self.next_chunk.saturating_add(1) >= self.chunks;
+        match self.encrypt(self.next_chunk, last, chunk) {
+            Ok(tag) => {
+                self.absorbed = total;
+                self.next_chunk = self.next_chunk.saturating_add(1);
+                self.header_written = true;
+                Ok(tag)
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends a stream sealed with [`seal_in_place`](Self::seal_in_place) and
+    /// returns the pointer data, which still lacks the server's blob id.
+    ///
+    /// # Errors
+    /// [`AttachmentError::LengthMismatch`] if a chunk is still unsealed;
+    /// [`AttachmentError::Poisoned`] after an earlier error.
+    pub(super) fn into_pending(self) -> Result<PendingPointer, AttachmentError> {
+        if self.poisoned {
+            return Err(AttachmentError::Poisoned);
+        }
+        if self.next_chunk < self.chunks {
+            return Err(AttachmentError::LengthMismatch {
+                declared: self.declared,
+                actual: self.absorbed,
+            });
+        }
+        Ok(self.into_pointer_data())
+    }
+
+    fn into_pointer_data(self) -> PendingPointer {
         let Self {
             key,
             schedule,
@@ -202,13 +286,7 @@ impl Encryptor {
             declared,
             ..
         } = self;
-        Ok(PendingPointer::new(
-            key,
-            schedule.commitment,
-            kind,
-            media_type,
-            declared,
-        ))
+        PendingPointer::new(key, schedule.commitment, kind, media_type, declared)
     }
 
     fn write_header(&mut self, out: &mut Vec<u8>) {
@@ -229,26 +307,30 @@ impl Encryptor {
     ) -> Result<(), AttachmentError> {
         let start = out.len();
         out.extend_from_slice(plaintext);
-        let nonce = chunk_nonce(&self.nonce_prefix, index, last);
-        match self.schedule.cipher.encrypt_inout_detached(
-            &nonce,
-            &self.header,
-            (&mut out[start..]).into(),
-        ) {
+        match self.encrypt(index, last, &mut out[start..]) {
             Ok(tag) => {
                 out.extend_from_slice(&tag);
                 Ok(())
             }
-            Err(_) => {
-                // AES-GCM refuses only inputs beyond 64 GiB; a chunk is 64 KiB.
+            Err(e) => {
                 out[start..].zeroize();
                 out.truncate(start);
-                Err(AttachmentError::TooLarge {
-                    len: self.declared,
-                    max: self.kind.max_plaintext_len(),
-                })
+                Err(e)
             }
         }
+    }
+
+    /// Encrypts chunk `index` in place and returns its tag.
+    fn encrypt(&self, index: u32, last: bool, data: &mut [u8]) -> Result<Tag, AttachmentError> {
+        let nonce = chunk_nonce(&self.nonce_prefix, index, last);
+        self.schedule
+            .cipher
+            .encrypt_inout_detached(&nonce, &self.header, data.into())
+            // AES-GCM refuses only inputs beyond 64 GiB; a chunk is 64 KiB.
+            .map_err(|_| AttachmentError::TooLarge {
+                len: self.declared,
+                max: self.kind.max_plaintext_len(),
+            })
     }
 }
 
@@ -455,24 +537,73 @@ impl Decryptor {
             return Err(AttachmentError::Truncated);
         };
         let tag = Tag::from(*tag);
-        let last = self.next_chunk.saturating_add(1) >= self.chunks;
-        let nonce = chunk_nonce(&self.nonce_prefix, self.next_chunk, last);
         let start = out.len();
         out.extend_from_slice(ciphertext);
-        // GCM checks the tag before it decrypts: on failure the bytes at
-        // `start..` are still ciphertext, and they are removed.
-        match self.cipher.decrypt_inout_detached(
-            &nonce,
-            &self.header,
-            (&mut out[start..]).into(),
-            &tag,
-        ) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                out.truncate(start);
-                Err(AttachmentError::AuthenticationFailed)
-            }
+        // On failure the bytes at `start..` are still ciphertext (see
+        // `decrypt`), and they are removed.
+        if let Err(e) = self.decrypt(&mut out[start..], &tag) {
+            out.truncate(start);
+            return Err(e);
         }
+        Ok(())
+    }
+
+    /// Bytes of the next sealed chunk (ciphertext and tag); `None` once the
+    /// last chunk is open.
+    pub(super) fn next_sealed_len(&self) -> Option<usize> {
+        (self.next_chunk < self.chunks).then(|| self.sealed_len(self.next_chunk))
+    }
+
+    /// The in-place form of [`update`](Self::update), for
+    /// [`decrypt_stream`](super::decrypt_stream), once the header has been
+    /// given to `update`: `sealed` holds the next chunk, exactly
+    /// ([`next_sealed_len`](Self::next_sealed_len) bytes); it is verified and
+    /// decrypted where it lies. Returns the plaintext length `n`: the
+    /// plaintext is `sealed[..n]`. On error nothing in `sealed` has been
+    /// decrypted.
+    ///
+    /// # Errors
+    /// [`AttachmentError::Truncated`] if `sealed` is not the length of the
+    /// next chunk, or the header or part of a chunk went to `update` instead;
+    /// [`AttachmentError::TrailingData`] after the last chunk;
+    /// [`AttachmentError::AuthenticationFailed`] if the chunk fails;
+    /// [`AttachmentError::Poisoned`] after an earlier error. Any error ends
+    /// the stream.
+    pub(super) fn open_in_place(&mut self, sealed: &mut [u8]) -> Result<usize, AttachmentError> {
+        if self.poisoned {
+            return Err(AttachmentError::Poisoned);
+        }
+        let result = self.open_next_in_place(sealed);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn open_next_in_place(&mut self, sealed: &mut [u8]) -> Result<usize, AttachmentError> {
+        let Some(want) = self.next_sealed_len() else {
+            return Err(AttachmentError::TrailingData);
+        };
+        if !self.header_read || !self.buf.is_empty() || sealed.len() != want {
+            return Err(AttachmentError::Truncated);
+        }
+        let Some((ciphertext, tag)) = sealed.split_last_chunk_mut::<TAG_LEN>() else {
+            return Err(AttachmentError::Truncated);
+        };
+        let tag = Tag::from(*tag);
+        self.decrypt(ciphertext, &tag)?;
+        self.next_chunk = self.next_chunk.saturating_add(1);
+        Ok(ciphertext.len())
+    }
+
+    /// Verifies and decrypts the next chunk's ciphertext in place. GCM checks
+    /// the tag before it decrypts: on failure `ciphertext` is left as it was.
+    fn decrypt(&self, ciphertext: &mut [u8], tag: &Tag) -> Result<(), AttachmentError> {
+        let last = self.next_chunk.saturating_add(1) >= self.chunks;
+        let nonce = chunk_nonce(&self.nonce_prefix, self.next_chunk, last);
+        self.cipher
+            .decrypt_inout_detached(&nonce, &self.header, ciphertext.into(), tag)
+            .map_err(|_| AttachmentError::AuthenticationFailed)
     }
 }
 
@@ -607,6 +738,158 @@ mod tests {
         let (pointer, _, _) = seal(0, 0);
         // The pointer of another file cannot open it, whatever the pieces.
         assert!(open(&pointer, &whole).is_err());
+    }
+
+    /// Sealing whole chunks in place gives the blob `update` and `finish`
+    /// give, and opening them in place gives the plaintext back.
+    #[test]
+    fn in_place_chunks_match_update_and_finish() {
+        for len in [0, 1, C - 1, C, C + 1, 2 * C + 300] {
+            let plaintext = pattern(len, 19);
+            let encryptor = || {
+                let key = Secret32::new([5; 32]);
+                Encryptor::with_key(key, [6; 7], AttachmentKind::File, "a/b", len as u64).unwrap()
+            };
+            let mut expected = Vec::new();
+            let mut enc = encryptor();
+            enc.update(&plaintext, &mut expected).unwrap();
+            let pending = enc.finish(&mut expected).unwrap();
+
+            let mut enc = encryptor();
+            let mut blob = enc.header().to_vec();
+            let mut rest = &plaintext[..];
+            while let Some(n) = enc.next_chunk_len() {
+                let (head, tail) = rest.split_at(n);
+                let mut chunk = head.to_vec();
+                let tag = enc.seal_in_place(&mut chunk).unwrap();
+                blob.extend_from_slice(&chunk);
+                blob.extend_from_slice(&tag);
+                rest = tail;
+            }
+            assert_eq!(blob, expected, "len {len}");
+            let in_place = enc.into_pending().unwrap();
+            assert_eq!(in_place.commitment(), pending.commitment());
+
+            let pointer = in_place.into_pointer(b"blob".to_vec()).unwrap();
+            let mut dec = Decryptor::new(&pointer).unwrap();
+            let (header, mut sealed) = blob.split_at(H);
+            dec.update(header, &mut Vec::new()).unwrap();
+            let mut out = Vec::new();
+            while let Some(n) = dec.next_sealed_len() {
+                let (head, tail) = sealed.split_at(n);
+                let mut chunk = head.to_vec();
+                let m = dec.open_in_place(&mut chunk).unwrap();
+                out.extend_from_slice(&chunk[..m]);
+                sealed = tail;
+            }
+            assert!(sealed.is_empty());
+            dec.finish().unwrap();
+            assert_eq!(out, plaintext, "len {len}");
+        }
+    }
+
+    #[test]
+    fn in_place_sealing_refuses_pieces_that_are_not_the_next_chunk() {
+        let new = || {
+            Encryptor::with_key(
+                Secret32::new([5; 32]),
+                [6; 7],
+                AttachmentKind::File,
+                "a/b",
+                2 * C as u64,
+            )
+            .unwrap()
+        };
+        // Short: the input ended early. The stream is over.
+        let mut enc = new();
+        assert!(matches!(
+            enc.seal_in_place(&mut [0; 100]),
+            Err(AttachmentError::LengthMismatch {
+                declared,
+                actual: 100
+            }) if declared == 2 * C as u64
+        ));
+        assert!(matches!(
+            enc.seal_in_place(&mut vec![0; C]),
+            Err(AttachmentError::Poisoned)
+        ));
+        assert!(matches!(enc.into_pending(), Err(AttachmentError::Poisoned)));
+        // After `update` has buffered bytes, chunks no longer line up.
+        let mut enc = new();
+        enc.update(&[1; 10], &mut Vec::new()).unwrap();
+        assert!(matches!(
+            enc.seal_in_place(&mut vec![0; C]),
+            Err(AttachmentError::LengthMismatch { .. })
+        ));
+        // Beyond the last chunk, and ending before it.
+        let mut enc = new();
+        enc.seal_in_place(&mut vec![0; C]).unwrap();
+        enc.seal_in_place(&mut vec![0; C]).unwrap();
+        assert_eq!(enc.next_chunk_len(), None);
+        assert!(matches!(
+            enc.seal_in_place(&mut [0; 1]),
+            Err(AttachmentError::LengthMismatch { .. })
+        ));
+        let mut enc = new();
+        enc.seal_in_place(&mut vec![0; C]).unwrap();
+        assert!(matches!(
+            enc.into_pending(),
+            Err(AttachmentError::LengthMismatch { .. })
+        ));
+        // `finish` after the last chunk was sealed in place adds nothing.
+        let mut enc = new();
+        enc.seal_in_place(&mut vec![0; C]).unwrap();
+        enc.seal_in_place(&mut vec![0; C]).unwrap();
+        let mut out = Vec::new();
+        enc.finish(&mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn in_place_opening_refuses_what_is_not_the_next_authentic_chunk() {
+        let (pointer, plaintext, blob) = seal(C + 10, 20);
+        let first = || blob[H..H + S].to_vec();
+        // Before the header.
+        let mut dec = Decryptor::new(&pointer).unwrap();
+        assert!(matches!(
+            dec.open_in_place(&mut first()),
+            Err(AttachmentError::Truncated)
+        ));
+        assert!(matches!(
+            dec.open_in_place(&mut first()),
+            Err(AttachmentError::Poisoned)
+        ));
+        // A piece of the wrong length.
+        let mut dec = Decryptor::new(&pointer).unwrap();
+        dec.update(&blob[..H], &mut Vec::new()).unwrap();
+        assert!(matches!(
+            dec.open_in_place(&mut first()[..S - 1]),
+            Err(AttachmentError::Truncated)
+        ));
+        // A damaged chunk is left as it was: nothing of it is decrypted.
+        let mut dec = Decryptor::new(&pointer).unwrap();
+        dec.update(&blob[..H], &mut Vec::new()).unwrap();
+        let mut damaged = first();
+        damaged[5] ^= 1;
+        let before = damaged.clone();
+        assert!(matches!(
+            dec.open_in_place(&mut damaged),
+            Err(AttachmentError::AuthenticationFailed)
+        ));
+        assert_eq!(damaged, before);
+        // After the last chunk.
+        let mut dec = Decryptor::new(&pointer).unwrap();
+        dec.update(&blob[..H], &mut Vec::new()).unwrap();
+        let mut chunk = first();
+        assert_eq!(dec.open_in_place(&mut chunk).unwrap(), C);
+        assert_eq!(chunk[..C], plaintext[..C]);
+        let mut last = blob[H + S..].to_vec();
+        assert_eq!(dec.open_in_place(&mut last).unwrap(), 10);
+        assert_eq!(dec.next_sealed_len(), None);
+        assert!(matches!(
+            dec.open_in_place(&mut first()),
+            Err(AttachmentError::TrailingData)
+        ));
     }
 
     #[test]
