@@ -1137,10 +1137,12 @@ impl<S: Store> Client<S> {
         let mut envelopes = Vec::with_capacity(devices.len());
         for device in devices {
             let address = DeviceAddress::new(recipient.clone(), device);
-            if !self.manager.has_session(&address)? {
-                continue;
-            }
-            let message = self.manager.encrypt(rng, &address, &padded, now)?;
+            // A device refused when its bundle was fetched has no session.
+            let message = match self.manager.encrypt(rng, &address, &padded, now) {
+                Ok(message) => message,
+                Err(Error::NoSession(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
             envelopes.push((device, Envelope::new(own.clone(), message)?));
         }
         if envelopes.len() > crate::wire::protocol::MAX_DEVICES_PER_USER {
