@@ -1134,6 +1134,14 @@ impl<S: Store> Client<S> {
                 .map(|c| c.address().device)
                 .collect()
         };
+        // Checked before encrypting, so no ratchet advances for nothing.
+        if devices.len() > crate::wire::protocol::MAX_DEVICES_PER_USER {
+            self.fail_job(
+                job_id,
+                "the recipient has more devices than an account may have",
+            );
+            return Ok(());
+        }
         let mut envelopes = Vec::with_capacity(devices.len());
         for device in devices {
             let address = DeviceAddress::new(recipient.clone(), device);
@@ -1144,13 +1152,6 @@ impl<S: Store> Client<S> {
                 Err(e) => return Err(e.into()),
             };
             envelopes.push((device, Envelope::new(own.clone(), message)?));
-        }
-        if envelopes.len() > crate::wire::protocol::MAX_DEVICES_PER_USER {
-            self.fail_job(
-                job_id,
-                "the recipient has more devices than an account may have",
-            );
-            return Ok(());
         }
         self.request(
             Request::Send {
