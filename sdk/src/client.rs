@@ -1166,15 +1166,8 @@ impl<S: Store> Client<S> {
 
 /// What an unauthenticated connection is for.
 enum Purpose {
-    /// Create an account with its first device.
-    Account {
-        identity_public: crate::keys::IdentityKey,
-        signature: crate::wire::protocol::Signature,
-    },
-    /// Register a device linked with a permission.
-    Linked {
-        permission: crate::wire::protocol::LinkToken,
-    },
+    /// Create an account, or register a linked device: the request to send.
+    Register(Box<Request>),
     /// Wait, as a new device, for the sealed link message.
     Provision {
         request: crate::link::LinkRequest,
@@ -1206,8 +1199,6 @@ pub enum RegistrationEvent {
 /// [`Self::poll_transmit`] and [`Self::poll_event`] out.
 pub struct Registration {
     purpose: Purpose,
-    user: UserId,
-    auth_key: crate::keys::DeviceAuthKey,
     server_name: String,
     decoder: FrameDecoder,
     transmit: VecDeque<Vec<u8>>,
@@ -1217,23 +1208,21 @@ pub struct Registration {
 
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let purpose = match &self.purpose {
+            Purpose::Register(r) if matches!(**r, Request::RegisterAccount { .. }) => "new account",
+            Purpose::Register(_) => "linked device",
+            Purpose::Provision { .. } => "provisioning",
+        };
         f.debug_struct("Registration")
-            .field("user", &self.user)
+            .field("purpose", &purpose)
             .finish_non_exhaustive()
     }
 }
 
 impl Registration {
-    fn with(
-        purpose: Purpose,
-        user: UserId,
-        auth_key: crate::keys::DeviceAuthKey,
-        server_name: &str,
-    ) -> Result<Self, ClientError> {
+    fn with(purpose: Purpose, server_name: &str) -> Result<Self, ClientError> {
         Ok(Self {
             purpose,
-            user,
-            auth_key,
             server_name: canonical_server_name(server_name)?,
             decoder: FrameDecoder::new(crate::wire::protocol::MAX_PREAUTH_FRAME_LEN),
             transmit: VecDeque::new(),
@@ -1253,17 +1242,15 @@ impl Registration {
         server_name: &str,
     ) -> Result<Self, ClientError> {
         let name = canonical_server_name(server_name)?;
-        let signature =
-            crate::wire::protocol::sign_registration(identity, &user, &auth.public_key(), &name);
-        Self::with(
-            Purpose::Account {
-                identity_public: identity.public_key(),
-                signature,
-            },
+        let auth_key = auth.public_key();
+        let signature = crate::wire::protocol::sign_registration(identity, &user, &auth_key, &name);
+        let request = Request::RegisterAccount {
             user,
-            auth.public_key(),
-            &name,
-        )
+            identity: identity.public_key(),
+            auth_key,
+            signature,
+        };
+        Self::with(Purpose::Register(Box::new(request)), &name)
     }
 
     /// Registers a device of `linked`'s account with its permission.
@@ -1275,14 +1262,12 @@ impl Registration {
         auth: &crate::keys::DeviceAuthKeyPair,
         server_name: &str,
     ) -> Result<Self, ClientError> {
-        Self::with(
-            Purpose::Linked {
-                permission: linked.permission,
-            },
-            linked.user.clone(),
-            auth.public_key(),
-            server_name,
-        )
+        let request = Request::RegisterLinkedDevice {
+            user: linked.user.clone(),
+            auth_key: auth.public_key(),
+            permission: linked.permission,
+        };
+        Self::with(Purpose::Register(Box::new(request)), server_name)
     }
 
     /// Waits, as a new device, for an existing device to send the account.
@@ -1293,18 +1278,11 @@ impl Registration {
         rng: &mut R,
         server_name: &str,
     ) -> Result<Self, ClientError> {
-        // The user and auth key are not known yet; placeholders never sent.
-        let placeholder = crate::keys::DeviceAuthKeyPair::generate(rng).public_key();
-        let user = UserId::new("provisioning").map_err(|_| InvalidServerName)?;
-        Self::with(
-            Purpose::Provision {
-                request: crate::link::LinkRequest::new(rng),
-                code: None,
-            },
-            user,
-            placeholder,
-            server_name,
-        )
+        let purpose = Purpose::Provision {
+            request: crate::link::LinkRequest::new(rng),
+            code: None,
+        };
+        Self::with(purpose, server_name)
     }
 
     fn start(&mut self) {
@@ -1313,20 +1291,7 @@ impl Registration {
         }
         self.started = true;
         let request = match &self.purpose {
-            Purpose::Account {
-                identity_public,
-                signature,
-            } => Request::RegisterAccount {
-                user: self.user.clone(),
-                identity: *identity_public,
-                auth_key: self.auth_key,
-                signature: *signature,
-            },
-            Purpose::Linked { permission } => Request::RegisterLinkedDevice {
-                user: self.user.clone(),
-                auth_key: self.auth_key,
-                permission: *permission,
-            },
+            Purpose::Register(request) => (**request).clone(),
             Purpose::Provision { .. } => Request::OpenProvisioning,
         };
         if let Ok(frame) = encode_frame(&ClientFrame { id: 1, request }.to_payload(), MAX_FRAME_LEN)
