@@ -357,9 +357,7 @@ impl IdentityKeyPair {
 
     /// Restores an identity from its 32-byte seed.
     pub(crate) fn from_seed(seed: &Secret32) -> Self {
-        Self {
-            signing: SigningKey::from_bytes(seed.as_bytes()),
-        }
+        Self::from_seed_bytes(seed.as_bytes())
     }
 
     pub(crate) fn seed(&self) -> Secret32 {
@@ -484,9 +482,7 @@ impl DeviceAuthKeyPair {
     }
 
     pub(crate) fn from_seed(seed: &Secret32) -> Self {
-        Self {
-            signing: SigningKey::from_bytes(seed.as_bytes()),
-        }
+        Self::from_seed_bytes(seed.as_bytes())
     }
 
     pub(crate) fn seed(&self) -> Secret32 {

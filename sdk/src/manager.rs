@@ -749,7 +749,8 @@ impl<S: Store> SessionManager<S> {
         Ok(known.then(|| Event::DeviceRemoved(device.clone())))
     }
 
-    /// Whether a session with `peer` exists.
+    /// Whether a message to `peer` can go on an existing session (false with
+    /// no session, or after the account identity was replaced).
     ///
     /// # Errors
     /// A store error.

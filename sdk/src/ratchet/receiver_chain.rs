@@ -99,15 +99,11 @@ impl SkippedKeys {
                 }),
             }
         }
-        self.enforce(now);
+        self.prune(now);
     }
 
     /// Drops expired keys and enforces the caps.
     pub(crate) fn prune(&mut self, now: u64) {
-        self.enforce(now);
-    }
-
-    fn enforce(&mut self, now: u64) {
         for chain in &mut self.chains {
             chain.keys.retain(|k| Self::is_live(k, now));
             if chain.keys.len() > MAX_SKIPPED_PER_CHAIN {
