@@ -1,0 +1,338 @@
+//! Durable server state behind one trait, with two backends.
+//!
+//! [`Storage`] is everything the relay keeps across restarts: accounts and
+//! their devices, link permissions, prekeys, the store-and-forward queue,
+//! push tokens and the index of uploaded blobs (the blob bytes live in a
+//! [`BlobStore`](crate::blob::BlobStore)). Every method that changes state
+//! commits before it returns, so whatever a client was told has been
+//! accepted survives a crash of the server.
+//!
+//! Two backends pass the same conformance suite (`tests/conformance`):
+//! [`SqliteStorage`] (the embedded default) and [`MysqlStorage`]
+//! (`mysql_async`, pooled; MariaDB 10.6+ and MySQL 8). [`AnyStorage`] picks
+//! one at run time.
+//!
+//! Times are Unix seconds. Keys, certificates and envelopes are stored in the
+//! SDK's own byte encodings and decoded again on the way out; a row that no
+//! longer decodes is reported as [`StorageError::Corrupt`].
+
+use std::future::Future;
+
+use hush::wire::protocol::{BlobId, Delivery, EnvelopeId, LinkToken};
+use hush::keys::{
+    DeviceAddress, DeviceAuthKey, DeviceCertificate, DeviceId, IdentityKey, OneTimePreKey,
+    SignedPreKey, UserId,
+};
+use thiserror::Error;
+
+pub mod mysql;
+pub mod sqlite;
+
+pub use mysql::MysqlStorage;
+pub use sqlite::SqliteStorage;
+
+/// Why a storage operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// An account with this user id exists.
+    #[error("the user id is taken")]
+    UserTaken,
+    /// No account with this user id.
+    #[error("no such user")]
+    NoSuchUser,
+    /// No such device in the account.
+    #[error("no such device")]
+    NoSuchDevice,
+    /// The account has the maximum number of devices.
+    #[error("the account has {0} devices, the maximum")]
+    DeviceLimit(usize),
+    /// The link permission is unknown, used, expired or of another account.
+    #[error("the link permission is unknown, used or expired")]
+    PermissionInvalid,
+    /// A stored row does not decode.
+    #[error("corrupt row in {0}")]
+    Corrupt(&'static str),
+    /// The SQLite backend failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The MySQL backend failed.
+    #[error("mysql: {0}")]
+    Mysql(#[from] mysql_async::Error),
+    /// A blocking task of the backend did not complete.
+    #[error("storage task failed: {0}")]
+    Task(String),
+    /// The database schema is newer than this server knows.
+    #[error("database schema version {found} is newer than this server's {known}")]
+    SchemaTooNew {
+        /// The version in the database.
+        found: u32,
+        /// The newest version this server knows.
+        known: u32,
+    },
+}
+
+/// A device of an account as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device id (assigned by the server, never reused within an account).
+    pub device: DeviceId,
+    /// The key the device logs in with.
+    pub auth_key: DeviceAuthKey,
+    /// The certificate, once the device has published it.
+    pub certificate: Option<DeviceCertificate>,
+    /// When the device was registered.
+    pub created_at: u64,
+}
+
+/// The prekeys handed out for one device: the current signed and last-resort
+/// prekeys and, while any remain, one one-time prekey, which is deleted in
+/// the same transaction (no two callers ever receive the same one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenPreKeys {
+    /// The signed prekey.
+    pub signed: SignedPreKey,
+    /// The last-resort prekey.
+    pub last_resort: SignedPreKey,
+    /// A one-time prekey, consumed by this call.
+    pub one_time: Option<OneTimePreKey>,
+}
+
+/// An envelope to queue for one recipient device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEnvelope {
+    /// The recipient device.
+    pub recipient: DeviceAddress,
+    /// What is delivered: id, authenticated sender, server time, envelope.
+    pub delivery: Delivery,
+}
+
+/// A queued envelope and its position in its recipient's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEnvelope {
+    /// Position in the queue: increases with every envelope queued; the order
+    /// of delivery.
+    pub seq: u64,
+    /// What is delivered.
+    pub delivery: Delivery,
+}
+
+/// What an acknowledgement removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AckOutcome {
+    /// Envelopes of the acknowledging device that were deleted.
+    pub removed: u64,
+    /// Ids that exist in another device's queue (left untouched).
+    pub foreign: u64,
+}
+
+/// An uploaded blob as the index knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// The blob.
+    pub blob: BlobId,
+    /// The device that uploaded it.
+    pub owner: DeviceAddress,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When the upload completed.
+    pub created_at: u64,
+}
+
+/// Durable server state. See the [module docs](self).
+///
+/// Every method is one transaction: it either happens completely or not at
+/// all, and it is committed before the returned future completes.
+pub trait Storage: Send + Sync + 'static {
+    /// Applies the embedded migrations that the database does not have yet;
+    /// returns the schema version now in place.
+    fn migrate(&self) -> impl Future<Output = Result<u32, StorageError>> + Send;
+
+    /// Creates an account with its first device, which gets device id 1.
+    ///
+    /// # Errors
+    /// [`StorageError::UserTaken`].
+    fn create_account(
+        &self,
+        user: &UserId,
+        identity: &IdentityKey,
+        auth_key: &DeviceAuthKey,
+        now: u64,
+    ) -> impl Future<Output = Result<DeviceId, StorageError>> + Send;
+
+    /// The account identity of `user`, if the account exists.
+    fn identity(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Option<IdentityKey>, StorageError>> + Send;
+
+    /// Stores a single-use permission to link a device to `user`'s account.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSuchUser`].
+    fn add_link_permission(
+        &self,
+        user: &UserId,
+        token: &LinkToken,
+        expires_at: u64,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Consumes a link permission of `user` and registers a new device with
+    /// `auth_key` under the next unused device id, in one transaction.
+    /// A permission works once, and only while `now < expires_at`.
+    ///
+    /// # Errors
+    /// [`StorageError::PermissionInvalid`], [`StorageError::DeviceLimit`]
+    /// (the permission is not consumed then).
+    fn add_linked_device(
+        &self,
+        user: &UserId,
+        token: &LinkToken,
+        auth_key: &DeviceAuthKey,
+        max_devices: usize,
+        now: u64,
+    ) -> impl Future<Output = Result<DeviceId, StorageError>> + Send;
+
+    /// One device.
+    fn device(
+        &self,
+        address: &DeviceAddress,
+    ) -> impl Future<Output = Result<Option<DeviceRecord>, StorageError>> + Send;
+
+    /// Every device of `user`, by device id; empty for an unknown user.
+    fn devices(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Vec<DeviceRecord>, StorageError>> + Send;
+
+    /// Stores the device's certificate (the caller has verified it).
+    ///
+    /// # Errors
+    /// [`StorageError::NoSuchDevice`].
+    fn set_certificate(
+        &self,
+        address: &DeviceAddress,
+        certificate: &DeviceCertificate,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Removes a device with its prekeys, queue and push token; returns
+    /// whether it existed.
+    fn remove_device(
+        &self,
+        address: &DeviceAddress,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+
+    /// Sets a new account identity and removes every device of the account
+    /// but `keep` (with their prekeys, queues and push tokens); returns the
+    /// removed device ids. `keep`'s certificate and prekeys are cleared too:
+    /// they were signed by the old identity.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSuchDevice`].
+    fn replace_identity(
+        &self,
+        keep: &DeviceAddress,
+        identity: &IdentityKey,
+    ) -> impl Future<Output = Result<Vec<DeviceId>, StorageError>> + Send;
+
+    /// Deletes an account with every row that belongs to it; returns the
+    /// blobs its devices uploaded, whose index rows are deleted too (the
+    /// caller deletes their bytes).
+    fn delete_account(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Vec<BlobId>, StorageError>> + Send;
+
+    /// Publishes prekeys of a device: replaces the signed and the last-resort
+    /// prekey when given, and adds the one-time prekeys (an id the device
+    /// already has is ignored). The caller has verified the signatures.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSuchDevice`].
+    fn publish_prekeys(
+        &self,
+        address: &DeviceAddress,
+        signed: Option<&SignedPreKey>,
+        last_resort: Option<&SignedPreKey>,
+        one_time: &[OneTimePreKey],
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// The device's prekeys for one new session, consuming one one-time
+    /// prekey atomically (see [`TakenPreKeys`]). `None` if the device does
+    /// not exist or has not published a signed and a last-resort prekey.
+    fn take_prekeys(
+        &self,
+        address: &DeviceAddress,
+    ) -> impl Future<Output = Result<Option<TakenPreKeys>, StorageError>> + Send;
+
+    /// How many one-time prekeys the device has left.
+    fn one_time_prekey_count(
+        &self,
+        address: &DeviceAddress,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Queues envelopes, all or none, each after everything already queued
+    /// for its recipient.
+    fn enqueue(
+        &self,
+        envelopes: &[NewEnvelope],
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Up to `limit` envelopes queued for `recipient` with `seq > after`, in
+    /// queue order.
+    fn queued(
+        &self,
+        recipient: &DeviceAddress,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<QueuedEnvelope>, StorageError>> + Send;
+
+    /// Deletes the listed envelopes from `recipient`'s queue; ids in another
+    /// device's queue are counted in [`AckOutcome::foreign`] and kept.
+    fn ack(
+        &self,
+        recipient: &DeviceAddress,
+        ids: &[EnvelopeId],
+    ) -> impl Future<Output = Result<AckOutcome, StorageError>> + Send;
+
+    /// Envelopes queued in all, for the metrics.
+    fn queue_depth(&self) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Deletes envelopes accepted before `before` (the queue's TTL); returns
+    /// how many.
+    fn purge_envelopes(&self, before: u64)
+    -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Sets or clears the device's push token.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSuchDevice`].
+    fn set_push_token(
+        &self,
+        address: &DeviceAddress,
+        token: Option<&str>,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// The device's push token.
+    fn push_token(
+        &self,
+        address: &DeviceAddress,
+    ) -> impl Future<Output = Result<Option<String>, StorageError>> + Send;
+
+    /// Records a completed upload.
+    fn add_blob(&self, blob: &BlobRecord)
+    -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// One blob's index row.
+    fn blob(
+        &self,
+        blob: &BlobId,
+    ) -> impl Future<Output = Result<Option<BlobRecord>, StorageError>> + Send;
+
+    /// Deletes the index rows of blobs created before `before`; returns their
+    /// ids (the caller deletes their bytes).
+    fn purge_blobs(
+        &self,
+        before: u64,
+    ) -> impl Future<Output = Result<Vec<BlobId>, StorageError>> + Send;
+}

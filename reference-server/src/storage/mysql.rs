@@ -1,0 +1,2 @@
+//! The mysql backend.
+pub struct MysqlStorage;

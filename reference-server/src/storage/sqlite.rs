@@ -1,0 +1,2 @@
+//! The sqlite backend.
+pub struct SqliteStorage;
