@@ -18,13 +18,14 @@
 
 use std::future::Future;
 
-use hush::wire::protocol::{BlobId, Delivery, EnvelopeId, LinkToken};
 use hush::keys::{
     DeviceAddress, DeviceAuthKey, DeviceCertificate, DeviceId, IdentityKey, OneTimePreKey,
     SignedPreKey, UserId,
 };
+use hush::wire::protocol::{BlobId, Delivery, EnvelopeId, LinkToken};
 use thiserror::Error;
 
+mod decode;
 pub mod mysql;
 pub mod sqlite;
 
@@ -225,7 +226,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Sets a new account identity and removes every device of the account
     /// but `keep` (with their prekeys, queues and push tokens); returns the
     /// removed device ids. `keep`'s certificate and prekeys are cleared too:
-    /// they were signed by the old identity.
+    /// they were signed by the old identity. Pending link permissions are
+    /// revoked (a removed device may have issued them).
     ///
     /// # Errors
     /// [`StorageError::NoSuchDevice`].
@@ -273,6 +275,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Queues envelopes, all or none, each after everything already queued
     /// for its recipient.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSuchDevice`] if a recipient does not exist (a device
+    /// removed since the caller checked the device list); nothing is queued
+    /// then.
     fn enqueue(
         &self,
         envelopes: &[NewEnvelope],
@@ -300,8 +307,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes envelopes accepted before `before` (the queue's TTL); returns
     /// how many.
-    fn purge_envelopes(&self, before: u64)
-    -> impl Future<Output = Result<u64, StorageError>> + Send;
+    fn purge_envelopes(
+        &self,
+        before: u64,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
 
     /// Sets or clears the device's push token.
     ///
@@ -320,8 +329,7 @@ pub trait Storage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<String>, StorageError>> + Send;
 
     /// Records a completed upload.
-    fn add_blob(&self, blob: &BlobRecord)
-    -> impl Future<Output = Result<(), StorageError>> + Send;
+    fn add_blob(&self, blob: &BlobRecord) -> impl Future<Output = Result<(), StorageError>> + Send;
 
     /// One blob's index row.
     fn blob(
@@ -336,3 +344,4 @@ pub trait Storage: Send + Sync + 'static {
         before: u64,
     ) -> impl Future<Output = Result<Vec<BlobId>, StorageError>> + Send;
 }
+
