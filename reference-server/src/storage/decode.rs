@@ -86,3 +86,7 @@ pub(super) fn blob_id(bytes: &[u8], table: Table) -> Result<BlobId, StorageError
 pub(super) fn envelope(bytes: &[u8], table: Table) -> Result<Envelope, StorageError> {
     Envelope::from_bytes(bytes).map_err(|_| StorageError::Corrupt(table))
 }
+
+pub(super) fn push_token(bytes: Vec<u8>, table: Table) -> Result<String, StorageError> {
+    String::from_utf8(bytes).map_err(|_| StorageError::Corrupt(table))
+}
