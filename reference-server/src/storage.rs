@@ -345,3 +345,179 @@ pub trait Storage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<BlobId>, StorageError>> + Send;
 }
 
+/// One of the two backends, chosen at run time (by configuration).
+#[derive(Debug, Clone)]
+pub enum AnyStorage {
+    /// An SQLite database file.
+    Sqlite(SqliteStorage),
+    /// A MySQL or MariaDB database.
+    Mysql(MysqlStorage),
+}
+
+impl From<SqliteStorage> for AnyStorage {
+    fn from(storage: SqliteStorage) -> Self {
+        Self::Sqlite(storage)
+    }
+}
+
+impl From<MysqlStorage> for AnyStorage {
+    fn from(storage: MysqlStorage) -> Self {
+        Self::Mysql(storage)
+    }
+}
+
+/// Forwards one [`Storage`] method to the backend in use.
+macro_rules! delegate {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            AnyStorage::Sqlite(s) => s.$method($($arg),*).await,
+            AnyStorage::Mysql(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Storage for AnyStorage {
+    async fn migrate(&self) -> Result<u32, StorageError> {
+        delegate!(self.migrate())
+    }
+
+    async fn create_account(
+        &self,
+        user: &UserId,
+        identity: &IdentityKey,
+        auth_key: &DeviceAuthKey,
+        now: u64,
+    ) -> Result<DeviceId, StorageError> {
+        delegate!(self.create_account(user, identity, auth_key, now))
+    }
+
+    async fn identity(&self, user: &UserId) -> Result<Option<IdentityKey>, StorageError> {
+        delegate!(self.identity(user))
+    }
+
+    async fn add_link_permission(
+        &self,
+        user: &UserId,
+        token: &LinkToken,
+        expires_at: u64,
+    ) -> Result<(), StorageError> {
+        delegate!(self.add_link_permission(user, token, expires_at))
+    }
+
+    async fn add_linked_device(
+        &self,
+        user: &UserId,
+        token: &LinkToken,
+        auth_key: &DeviceAuthKey,
+        max_devices: usize,
+        now: u64,
+    ) -> Result<DeviceId, StorageError> {
+        delegate!(self.add_linked_device(user, token, auth_key, max_devices, now))
+    }
+
+    async fn device(&self, address: &DeviceAddress) -> Result<Option<DeviceRecord>, StorageError> {
+        delegate!(self.device(address))
+    }
+
+    async fn devices(&self, user: &UserId) -> Result<Vec<DeviceRecord>, StorageError> {
+        delegate!(self.devices(user))
+    }
+
+    async fn set_certificate(
+        &self,
+        address: &DeviceAddress,
+        certificate: &DeviceCertificate,
+    ) -> Result<(), StorageError> {
+        delegate!(self.set_certificate(address, certificate))
+    }
+
+    async fn remove_device(&self, address: &DeviceAddress) -> Result<bool, StorageError> {
+        delegate!(self.remove_device(address))
+    }
+
+    async fn replace_identity(
+        &self,
+        keep: &DeviceAddress,
+        identity: &IdentityKey,
+    ) -> Result<Vec<DeviceId>, StorageError> {
+        delegate!(self.replace_identity(keep, identity))
+    }
+
+    async fn delete_account(&self, user: &UserId) -> Result<Vec<BlobId>, StorageError> {
+        delegate!(self.delete_account(user))
+    }
+
+    async fn publish_prekeys(
+        &self,
+        address: &DeviceAddress,
+        signed: Option<&SignedPreKey>,
+        last_resort: Option<&SignedPreKey>,
+        one_time: &[OneTimePreKey],
+    ) -> Result<(), StorageError> {
+        delegate!(self.publish_prekeys(address, signed, last_resort, one_time))
+    }
+
+    async fn take_prekeys(
+        &self,
+        address: &DeviceAddress,
+    ) -> Result<Option<TakenPreKeys>, StorageError> {
+        delegate!(self.take_prekeys(address))
+    }
+
+    async fn one_time_prekey_count(&self, address: &DeviceAddress) -> Result<u64, StorageError> {
+        delegate!(self.one_time_prekey_count(address))
+    }
+
+    async fn enqueue(&self, envelopes: &[NewEnvelope]) -> Result<(), StorageError> {
+        delegate!(self.enqueue(envelopes))
+    }
+
+    async fn queued(
+        &self,
+        recipient: &DeviceAddress,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<QueuedEnvelope>, StorageError> {
+        delegate!(self.queued(recipient, after, limit))
+    }
+
+    async fn ack(
+        &self,
+        recipient: &DeviceAddress,
+        ids: &[EnvelopeId],
+    ) -> Result<AckOutcome, StorageError> {
+        delegate!(self.ack(recipient, ids))
+    }
+
+    async fn queue_depth(&self) -> Result<u64, StorageError> {
+        delegate!(self.queue_depth())
+    }
+
+    async fn purge_envelopes(&self, before: u64) -> Result<u64, StorageError> {
+        delegate!(self.purge_envelopes(before))
+    }
+
+    async fn set_push_token(
+        &self,
+        address: &DeviceAddress,
+        token: Option<&str>,
+    ) -> Result<(), StorageError> {
+        delegate!(self.set_push_token(address, token))
+    }
+
+    async fn push_token(&self, address: &DeviceAddress) -> Result<Option<String>, StorageError> {
+        delegate!(self.push_token(address))
+    }
+
+    async fn add_blob(&self, blob: &BlobRecord) -> Result<(), StorageError> {
+        delegate!(self.add_blob(blob))
+    }
+
+    async fn blob(&self, blob: &BlobId) -> Result<Option<BlobRecord>, StorageError> {
+        delegate!(self.blob(blob))
+    }
+
+    async fn purge_blobs(&self, before: u64) -> Result<Vec<BlobId>, StorageError> {
+        delegate!(self.purge_blobs(before))
+    }
+}
