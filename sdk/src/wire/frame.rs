@@ -87,6 +87,13 @@ impl FrameDecoder {
         self.max
     }
 
+    /// Changes the cap for frames not yet returned, e.g. once a connection
+    /// has authenticated. A frame already announced over the new cap poisons
+    /// the decoder at the next call.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Bytes buffered and not yet returned.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
