@@ -95,6 +95,9 @@ pub enum ClientError {
     /// A link code was refused.
     #[error(transparent)]
     Link(#[from] crate::link::LinkError),
+    /// A push token longer than the protocol allows.
+    #[error("the push token is too long")]
+    PushToken,
 }
 
 /// Names an attachment upload or download of this client.
@@ -802,9 +805,10 @@ impl<S: Store> Client<S> {
                 .collect()
         };
         if devices.is_empty() && recipient == own.user {
-            // No other device of ours: nothing to copy to.
-            self.jobs.remove(&job_id);
-            return Ok(());
+            // No other device of ours that we know of: the server, which
+            // knows the account's devices, answers an empty send with the
+            // devices it misses (one linked a moment ago), or accepts it.
+            return self.send_prepared(rng, job_id, now);
         }
         let mut without_session = Vec::new();
         for d in &devices {
@@ -1054,7 +1058,11 @@ impl<S: Store> Client<S> {
                         Err(_) => self.events.push_back(ClientEvent::DeviceRefused(address)),
                     }
                 }
-                let has_devices = !self.manager.known_devices(&recipient)?.is_empty();
+                let has_devices = if recipient == own.user {
+                    !self.own_other_devices()?.is_empty()
+                } else {
+                    !self.manager.known_devices(&recipient)?.is_empty()
+                };
                 if has_devices {
                     self.send_prepared(rng, job, now)?;
                 } else {
@@ -1429,6 +1437,27 @@ impl<S: Store> Client<S> {
         let certificate = self.manager.certificate().clone();
         self.request(Request::PublishCertificate { certificate }, Pending::Quiet);
         self.publish_signed_prekeys()?;
+        Ok(())
+    }
+
+    /// Registers the platform's push token, which the server's push hook
+    /// uses to wake this device when a message waits for it; an empty token
+    /// clears it.
+    ///
+    /// # Errors
+    /// [`ClientError::PushToken`] for a token longer than
+    /// [`MAX_PUSH_TOKEN_LEN`](crate::wire::protocol::MAX_PUSH_TOKEN_LEN)
+    /// bytes (nothing is sent).
+    pub fn register_push_token(&mut self, token: &str) -> Result<(), ClientError> {
+        if token.len() > crate::wire::protocol::MAX_PUSH_TOKEN_LEN {
+            return Err(ClientError::PushToken);
+        }
+        self.request(
+            Request::RegisterPushToken {
+                token: token.to_owned(),
+            },
+            Pending::Quiet,
+        );
         Ok(())
     }
 
