@@ -1,7 +1,7 @@
 //! The byte-moving parts of Hush: client frames encoded to and decoded from
 //! the wire, and 50 MiB attachments encrypted and decrypted through the
-//! streaming API beside raw AES-256-GCM (the `aes-gcm` crate Hush builds on)
-//! over the same bytes, in the same run.
+//! streaming helpers and the in-place chunk API beside raw AES-256-GCM (the
+//! `aes-gcm` crate Hush builds on) over the same bytes, in the same run.
 //!
 //! `cargo bench -p hush-benches --bench wire`; the numbers and how to read
 //! them are in `docs/performance.md`.
@@ -17,6 +17,9 @@
 //! copies at all. "read-seal-write" / "read-open-write" rows add the two
 //! copies any `Read` to `Write` stream makes, as Hush's helpers do: each
 //! chunk is read into a buffer, sealed or opened there and written out.
+//! "hush, in place" rows are Hush's in-place form
+//! (`Encryptor::seal_chunk_in_place`, `Decryptor::open_chunk_in_place`) over
+//! the same 64 KiB chunks: the counterpart of the raw chunked in-place rows.
 
 #![allow(
     clippy::expect_used,
@@ -33,8 +36,8 @@ use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use hush::attachment::{
-    AttachmentKind, AttachmentPointer, CHUNK_LEN, HEADER_LEN, MAX_FILE_LEN, SEALED_CHUNK_LEN,
-    TAG_LEN, decrypt_stream, encrypt_stream,
+    AttachmentKind, AttachmentPointer, CHUNK_LEN, Decryptor, Encryptor, HEADER_LEN, MAX_FILE_LEN,
+    PendingPointer, SEALED_CHUNK_LEN, TAG_LEN, decrypt_stream, encrypt_stream,
 };
 use hush::keys::{DeviceAddress, DeviceId, UserId};
 use hush::ratchet;
@@ -300,6 +303,43 @@ impl RawOneCall {
     }
 }
 
+/// Encrypts `data` with Hush's in-place form under a fresh key: each chunk
+/// sealed where it lies, the tags kept apart in `tags` (as [`RawChunked`]
+/// does). The header is [`Encryptor::header`], not copied anywhere.
+fn hush_seal_in_place(
+    rng: &mut ChaCha20Rng,
+    data: &mut [u8],
+    tags: &mut Vec<[u8; TAG_LEN]>,
+) -> PendingPointer {
+    let len = data.len() as u64;
+    let mut enc =
+        Encryptor::new(rng, AttachmentKind::File, MEDIA_TYPE, len).expect("within the cap");
+    tags.clear();
+    let mut rest = data;
+    while let Some(n) = enc.next_chunk_len() {
+        let (chunk, tail) = rest.split_at_mut(n);
+        tags.push(enc.seal_chunk_in_place(chunk).expect("the next chunk"));
+        rest = tail;
+    }
+    enc.finish_in_place().expect("every chunk sealed")
+}
+
+/// Decrypts the blob `pointer` refers to with Hush's in-place form: each
+/// sealed chunk opened where it lies, its plaintext left at its start.
+fn hush_open_in_place(pointer: &AttachmentPointer, blob: &mut [u8]) {
+    let mut dec = Decryptor::new(pointer).expect("a valid pointer");
+    let (header, mut rest) = blob
+        .split_first_chunk_mut::<HEADER_LEN>()
+        .expect("a whole header");
+    dec.open_header(header).expect("the blob's header");
+    while let Some(n) = dec.next_sealed_len() {
+        let (chunk, tail) = rest.split_at_mut(n);
+        dec.open_chunk_in_place(chunk).expect("an authentic chunk");
+        rest = tail;
+    }
+    dec.finish().expect("the whole blob");
+}
+
 /// Times `open` on a fresh copy of `sealed` in every iteration; the copy is
 /// not timed.
 fn time_open(iters: u64, sealed: &[u8], work: &mut [u8], open: impl Fn(&mut [u8])) -> Duration {
@@ -331,8 +371,8 @@ const MEDIA_TYPE: &str = "application/octet-stream";
 
 /// 50 MiB through [`encrypt_stream`] from a slice into a vector whose
 /// capacity is kept between iterations, beside raw AES-GCM from the same
-/// slice into the same vector, and in place. Throughput is counted in
-/// plaintext bytes in every row.
+/// slice into the same vector, and in place, Hush's in-place form included.
+/// Throughput is counted in plaintext bytes in every row.
 fn attachment_encrypt(c: &mut Criterion) {
     let plaintext = payload(ATTACHMENT_LEN);
     let len = ATTACHMENT_LEN as u64;
@@ -372,6 +412,10 @@ fn attachment_encrypt(c: &mut Criterion) {
 
     // Sealing in place again and again seals ciphertext; the cost is the same.
     let mut work = plaintext.clone();
+    let mut tags = Vec::with_capacity(ATTACHMENT_LEN.div_ceil(CHUNK_LEN));
+    g.bench_function("hush, in place", |b| {
+        b.iter(|| hush_seal_in_place(&mut rng, black_box(&mut work), &mut tags))
+    });
     g.bench_function("aes-gcm, 64 KiB chunks, in place", |b| {
         b.iter(|| chunked.seal(black_box(&mut work)))
     });
@@ -385,8 +429,8 @@ fn attachment_encrypt(c: &mut Criterion) {
 /// 50 MiB through [`decrypt_stream`] from a slice into a vector whose
 /// capacity is kept between iterations, beside raw AES-GCM from a slice into
 /// the same vector, and in place (on a fresh copy of the ciphertext each
-/// time, made outside the timing). Throughput is counted in plaintext bytes
-/// in every row.
+/// time, made outside the timing), Hush's in-place form included. Throughput
+/// is counted in plaintext bytes in every row.
 fn attachment_decrypt(c: &mut Criterion) {
     let plaintext = payload(ATTACHMENT_LEN);
     let len = ATTACHMENT_LEN as u64;
@@ -427,6 +471,22 @@ fn attachment_decrypt(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             chunked.open_stream(ATTACHMENT_LEN, black_box(&raw_blob[..]), &mut out, &mut buf)
+        })
+    });
+
+    let mut blob_work = blob.clone();
+    hush_open_in_place(&pointer, &mut blob_work);
+    let opened = blob_work[HEADER_LEN..].chunks(SEALED_CHUNK_LEN);
+    assert!(
+        opened
+            .zip(plaintext.chunks(CHUNK_LEN))
+            .all(|(sealed, p)| sealed[..p.len()] == *p)
+    );
+    g.bench_function("hush, in place", |b| {
+        b.iter_custom(|iters| {
+            time_open(iters, &blob, &mut blob_work, |data| {
+                hush_open_in_place(&pointer, data)
+            })
         })
     });
 

@@ -44,7 +44,11 @@
 //! [`Decryptor`] each buffer less than one sealed chunk
 //! ([`MAX_BUFFERED_LEN`]), and the [`encrypt_stream`] / [`decrypt_stream`]
 //! helpers move one chunk at a time from a [`std::io::Read`] to a
-//! [`std::io::Write`].
+//! [`std::io::Write`]. A caller that already holds the file or the blob in a
+//! writable buffer (a download buffer, a mapped file) can instead seal and
+//! open it chunk by chunk where it lies, with no copy at all:
+//! [`Encryptor::seal_chunk_in_place`] and [`Decryptor::open_chunk_in_place`]
+//! (the [`Encryptor`] docs show how).
 //!
 //! ```
 //! use hush::attachment::{AttachmentKind, AttachmentPointer, Decryptor, Encryptor};
@@ -170,6 +174,12 @@ pub enum AttachmentError {
     /// The blob continues after its last chunk.
     #[error("attachment is longer than its declared size")]
     TrailingData,
+    /// An [`Encryptor`] or [`Decryptor`] method was called out of order: a
+    /// method of the in-place form on a stream begun with `update`, or the
+    /// other way round, or a chunk opened in place before the blob header
+    /// (or the header given twice).
+    #[error("attachment stream methods called out of order")]
+    OutOfOrder,
     /// An earlier error ended this stream.
     #[error("attachment stream already failed")]
     Poisoned,

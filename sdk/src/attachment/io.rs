@@ -43,7 +43,7 @@ where
         let end = start + len;
         let n = read_full(&mut reader, &mut buf[start..end])?;
         // A short read means the input ended early: refused as a mismatch.
-        let tag = encryptor.seal_in_place(&mut buf[start..start + n])?;
+        let tag = encryptor.seal_chunk_in_place(&mut buf[start..start + n])?;
         buf[end..end + TAG_LEN].copy_from_slice(&tag);
         if encryptor.next_chunk_len().is_none() {
             let extra = extra_bytes(&mut reader)?;
@@ -57,7 +57,7 @@ where
         writer.write_all(&buf[..end + TAG_LEN])?;
         start = 0;
     }
-    let pending = encryptor.into_pending()?;
+    let pending = encryptor.finish_in_place()?;
     writer.flush()?;
     Ok(pending)
 }
@@ -73,7 +73,8 @@ where
 /// written, which is a prefix of authentic chunks at most.
 ///
 /// # Errors
-/// As [`Decryptor::new`], [`Decryptor::update`] and [`Decryptor::finish`];
+/// As [`Decryptor::new`], [`Decryptor::open_header`],
+/// [`Decryptor::open_chunk_in_place`] and [`Decryptor::finish`];
 /// [`AttachmentError::Io`] if reading or writing fails.
 pub fn decrypt_stream<R, W>(
     pointer: &AttachmentPointer,
@@ -85,20 +86,19 @@ where
     W: Write,
 {
     let mut decryptor = Decryptor::new(pointer)?;
-    let mut buf = Zeroizing::new(vec![0u8; SEALED_CHUNK_LEN]);
-    let n = read_full(&mut reader, &mut buf[..HEADER_LEN])?;
-    if n < HEADER_LEN {
+    let mut header = [0u8; HEADER_LEN];
+    if read_full(&mut reader, &mut header)? < HEADER_LEN {
         return Err(AttachmentError::Truncated);
     }
-    // The header releases no plaintext: `update` appends nothing.
-    decryptor.update(&buf[..HEADER_LEN], &mut Vec::new())?;
+    decryptor.open_header(&header)?;
+    let mut buf = Zeroizing::new(vec![0u8; SEALED_CHUNK_LEN]);
     let mut written = 0u64;
     while let Some(want) = decryptor.next_sealed_len() {
         let n = read_full(&mut reader, &mut buf[..want])?;
         if n < want {
             return Err(AttachmentError::Truncated);
         }
-        let len = decryptor.open_in_place(&mut buf[..want])?;
+        let len = decryptor.open_chunk_in_place(&mut buf[..want])?;
         if decryptor.next_sealed_len().is_none() && extra_bytes(&mut reader)? > 0 {
             return Err(AttachmentError::TrailingData);
         }

@@ -16,11 +16,73 @@ use crate::secret::Secret32;
 
 /// Encrypts one attachment incrementally, in constant memory.
 ///
-/// Call [`update`](Self::update) with the plaintext in pieces of any size, in
-/// order, then [`finish`](Self::finish) once. Both append blob bytes to the
-/// given output; the header comes first. Exactly the declared number of
-/// plaintext bytes must be given. The encryptor holds at most one chunk of
-/// plaintext ([`buffered_len`](Self::buffered_len)), zeroized when dropped.
+/// An encryptor is driven in one of two forms, fixed by the first call:
+///
+/// * **Streaming**: call [`update`](Self::update) with the plaintext in pieces
+///   of any size, in order, then [`finish`](Self::finish) once. Both append
+///   blob bytes to the given output; the header comes first. The encryptor
+///   holds at most one chunk of plaintext
+///   ([`buffered_len`](Self::buffered_len)), zeroized when dropped.
+/// * **In place**, for a caller that holds the plaintext in a writable buffer:
+///   the blob is [`header`](Self::header), then for each chunk the
+///   [`next_chunk_len`](Self::next_chunk_len) plaintext bytes encrypted by
+///   [`seal_chunk_in_place`](Self::seal_chunk_in_place) where they lie,
+///   followed by the tag it returns; [`finish_in_place`](Self::finish_in_place)
+///   ends the stream. Nothing is copied or buffered.
+///
+/// Either way exactly the declared number of plaintext bytes must be given,
+/// and any error ends the stream: every later call fails with
+/// [`AttachmentError::Poisoned`]. Calling a method of the other form fails
+/// with [`AttachmentError::OutOfOrder`].
+///
+/// ```
+/// use hush::attachment::{AttachmentKind, Decryptor, Encryptor, HEADER_LEN, TAG_LEN};
+/// # use rand_chacha::rand_core::SeedableRng;
+/// # let mut rng = rand_chacha::ChaCha20Rng::from_seed([4; 32]);
+/// // Alice encrypts a file she holds in memory, chunk by chunk where it lies,
+/// // keeping the tags apart.
+/// let file = vec![0x42u8; 150_000];
+/// let mut data = file.clone();
+/// let mut enc = Encryptor::new(&mut rng, AttachmentKind::File, "text/plain", data.len() as u64)?;
+/// let mut tags = Vec::new();
+/// let mut rest = &mut data[..];
+/// while let Some(n) = enc.next_chunk_len() {
+///     let (chunk, tail) = rest.split_at_mut(n);
+///     tags.push(enc.seal_chunk_in_place(chunk)?);
+///     rest = tail;
+/// }
+/// // The blob she uploads: the header, then each chunk followed by its tag.
+/// let mut blob = enc.header().to_vec();
+/// let mut start = 0;
+/// for tag in &tags {
+///     let end = (start + hush::attachment::CHUNK_LEN).min(data.len());
+///     blob.extend_from_slice(&data[start..end]);
+///     blob.extend_from_slice(tag);
+///     start = end;
+/// }
+/// let pending = enc.finish_in_place()?;
+/// assert_eq!(blob.len() as u64, pending.ciphertext_len());
+/// let pointer = pending.into_pointer(b"blob-1".to_vec())?;
+///
+/// // Bob opens the downloaded blob where it lies.
+/// let mut dec = Decryptor::new(&pointer)?;
+/// let (header, mut sealed) = blob
+///     .split_first_chunk_mut::<HEADER_LEN>()
+///     .ok_or(hush::attachment::AttachmentError::Truncated)?;
+/// dec.open_header(header)?;
+/// let mut received = Vec::new();
+/// while let Some(n) = dec.next_sealed_len() {
+///     let (chunk, tail) = sealed.split_at_mut(n);
+///     let len = dec.open_chunk_in_place(chunk)?;
+///     // `chunk[..len]` is plaintext; here it is collected to compare.
+///     received.extend_from_slice(&chunk[..len]);
+///     assert_eq!(chunk.len(), len + TAG_LEN);
+///     sealed = tail;
+/// }
+/// dec.finish()?;
+/// assert_eq!(received, file);
+/// # Ok::<(), hush::attachment::AttachmentError>(())
+/// ```
 pub struct Encryptor {
     key: Secret32,
     schedule: KeySchedule,
@@ -34,6 +96,7 @@ pub struct Encryptor {
     next_chunk: u32,
     header_written: bool,
     buf: Zeroizing<Vec<u8>>,
+    form: Form,
     poisoned: bool,
 }
 
@@ -100,6 +163,7 @@ impl Encryptor {
             next_chunk: 0,
             header_written: false,
             buf,
+            form: Form::Unchosen,
             poisoned: false,
         })
     }
@@ -123,13 +187,24 @@ impl Encryptor {
     ///
     /// # Errors
     /// [`AttachmentError::LengthMismatch`] if the plaintext so far would exceed
-    /// the declared size; [`AttachmentError::Poisoned`] after an earlier error.
+    /// the declared size; [`AttachmentError::OutOfOrder`] if the stream was
+    /// begun in place; [`AttachmentError::Poisoned`] after an earlier error.
     /// Any error leaves `out` as it was and ends the stream.
     pub fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), AttachmentError> {
+        self.step(Form::Streaming, |enc| enc.absorb(plaintext, out))
+    }
+
+    /// Refuses any call once the stream is poisoned or in the other form, and
+    /// poisons it when `f` fails.
+    fn step<T>(
+        &mut self,
+        form: Form,
+        f: impl FnOnce(&mut Self) -> Result<T, AttachmentError>,
+    ) -> Result<T, AttachmentError> {
         if self.poisoned {
             return Err(AttachmentError::Poisoned);
         }
-        let result = self.absorb(plaintext, out);
+        let result = self.form.choose(form).and_then(|()| f(self));
         if result.is_err() {
             self.poisoned = true;
         }
@@ -181,11 +256,14 @@ impl Encryptor {
     ///
     /// # Errors
     /// [`AttachmentError::LengthMismatch`] if fewer bytes than declared were
-    /// given; [`AttachmentError::Poisoned`] after an earlier error.
+    /// given; [`AttachmentError::OutOfOrder`] if the stream was begun in place
+    /// (end it with [`finish_in_place`](Self::finish_in_place));
+    /// [`AttachmentError::Poisoned`] after an earlier error.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<PendingPointer, AttachmentError> {
         if self.poisoned {
             return Err(AttachmentError::Poisoned);
         }
+        self.form.choose(Form::Streaming)?;
         if self.absorbed != self.declared {
             return Err(AttachmentError::LengthMismatch {
                 declared: self.declared,
@@ -193,81 +271,86 @@ impl Encryptor {
             });
         }
         self.write_header(out);
-        // Unless every chunk was sealed in place already.
-        if self.next_chunk < self.chunks {
-            self.seal(self.next_chunk, true, &self.buf, out)?;
-        }
+        // `absorb` leaves the last chunk, whole or empty, to be sealed here.
+        self.seal(self.next_chunk, true, &self.buf, out)?;
         Ok(self.into_pointer_data())
     }
 
-    /// The blob header, for [`encrypt_stream`](super::encrypt_stream), which
-    /// writes it itself before the first chunk.
-    pub(super) fn header(&self) -> &[u8; HEADER_LEN] {
+    /// The blob header: the first [`HEADER_LEN`](super::HEADER_LEN) bytes of
+    /// the blob, before the first chunk. [`update`](Self::update) writes it
+    /// itself; in place the caller writes it.
+    #[must_use]
+    pub fn header(&self) -> &[u8; HEADER_LEN] {
         &self.header
     }
 
-    /// Plaintext bytes of the next chunk when the stream is sealed with
-    /// [`seal_in_place`](Self::seal_in_place): a full chunk, or the rest of
-    /// the attachment for the last one; `None` once every chunk is sealed.
-    pub(super) fn next_chunk_len(&self) -> Option<usize> {
-        if self.next_chunk >= self.chunks {
+    /// The plaintext length [`seal_chunk_in_place`](Self::seal_chunk_in_place)
+    /// takes next: [`CHUNK_LEN`](super::CHUNK_LEN), or the rest of the
+    /// attachment for the last chunk (0 only for an empty attachment, which is
+    /// one empty chunk). `None` once every chunk is sealed, and for a stream
+    /// begun with [`update`](Self::update).
+    #[must_use]
+    pub fn next_chunk_len(&self) -> Option<usize> {
+        if self.form == Form::Streaming || self.next_chunk >= self.chunks {
             return None;
         }
         let rest = self.declared.saturating_sub(self.absorbed);
         Some(usize::try_from(rest).map_or(CHUNK_LEN, |rest| rest.min(CHUNK_LEN)))
     }
 
-    /// The in-place form of [`update`](Self::update) and
-    /// [`finish`](Self::finish), for [`encrypt_stream`](super::encrypt_stream):
-    /// encrypts `chunk`, which holds the plaintext of the next chunk
-    /// ([`next_chunk_len`](Self::next_chunk_len) bytes), where it lies and
-    /// returns its tag. The blob is [`header`](Self::header), then each chunk
-    /// followed by its tag; [`into_pending`](Self::into_pending) ends the
-    /// stream. Not to be mixed with `update`.
+    /// Encrypts the next chunk where it lies and returns its tag: the
+    /// in-place form of [`update`](Self::update), for callers that hold the
+    /// plaintext in a writable buffer. `chunk` holds exactly the
+    /// [`next_chunk_len`](Self::next_chunk_len) plaintext bytes of the next
+    /// chunk and holds its ciphertext on return; on the wire the chunk is that
+    /// ciphertext followed by the tag. Call it for every chunk in order, even
+    /// the one empty chunk of an empty attachment, then
+    /// [`finish_in_place`](Self::finish_in_place). See the
+    /// [type docs](Self) for an example.
     ///
     /// # Errors
     /// [`AttachmentError::LengthMismatch`] if `chunk` is not the length of the
-    /// next chunk (the input ended early, or every chunk is sealed) or bytes
-    /// were given to `update`; [`AttachmentError::Poisoned`] after an earlier
-    /// error. Any error ends the stream.
-    pub(super) fn seal_in_place(&mut self, chunk: &mut [u8]) -> Result<Tag, AttachmentError> {
-        if self.poisoned {
-            return Err(AttachmentError::Poisoned);
-        }
+    /// next chunk (the input ended early, or every chunk is sealed);
+    /// [`AttachmentError::OutOfOrder`] if the stream was begun with `update`;
+    /// [`AttachmentError::Poisoned`] after an earlier error. On error `chunk`
+    /// is left as it was, and the stream is over.
+    pub fn seal_chunk_in_place(
+        &mut self,
+        chunk: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AttachmentError> {
+        self.step(Form::InPlace, |enc| enc.seal_next_in_place(chunk))
+    }
+
+    fn seal_next_in_place(&mut self, chunk: &mut [u8]) -> Result<[u8; TAG_LEN], AttachmentError> {
         let given = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
         let total = self.absorbed.saturating_add(given);
-        if !self.buf.is_empty() || self.next_chunk_len() != Some(chunk.len()) {
-            self.poisoned = true;
+        if self.next_chunk_len() != Some(chunk.len()) {
             return Err(AttachmentError::LengthMismatch {
                 declared: self.declared,
                 actual: total,
             });
         }
         let last = self.next_chunk.saturating_add(1) >= self.chunks;
-        match self.encrypt(self.next_chunk, last, chunk) {
-            Ok(tag) => {
-                self.absorbed = total;
-                self.next_chunk = self.next_chunk.saturating_add(1);
-                self.header_written = true;
-                Ok(tag)
-            }
-            Err(e) => {
-                self.poisoned = true;
-                Err(e)
-            }
-        }
+        let tag = self.encrypt(self.next_chunk, last, chunk)?;
+        self.absorbed = total;
+        self.next_chunk = self.next_chunk.saturating_add(1);
+        Ok(tag.into())
     }
 
-    /// Ends a stream sealed with [`seal_in_place`](Self::seal_in_place) and
-    /// returns the pointer data, which still lacks the server's blob id.
+    /// Ends a stream sealed with
+    /// [`seal_chunk_in_place`](Self::seal_chunk_in_place) and returns the
+    /// pointer data, which still lacks the server's blob id.
     ///
     /// # Errors
     /// [`AttachmentError::LengthMismatch`] if a chunk is still unsealed;
+    /// [`AttachmentError::OutOfOrder`] if the stream was begun with
+    /// [`update`](Self::update) (end it with [`finish`](Self::finish));
     /// [`AttachmentError::Poisoned`] after an earlier error.
-    pub(super) fn into_pending(self) -> Result<PendingPointer, AttachmentError> {
+    pub fn finish_in_place(mut self) -> Result<PendingPointer, AttachmentError> {
         if self.poisoned {
             return Err(AttachmentError::Poisoned);
         }
+        self.form.choose(Form::InPlace)?;
         if self.next_chunk < self.chunks {
             return Err(AttachmentError::LengthMismatch {
                 declared: self.declared,
@@ -346,17 +429,54 @@ fn encode_header(
     header
 }
 
+/// Which of the two forms of the API a stream is driven in; the first call
+/// chooses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Unchosen,
+    /// `update` and `finish`.
+    Streaming,
+    /// The `*_in_place` methods.
+    InPlace,
+}
+
+impl Form {
+    /// Chooses `form` on the first call; refuses the other form after that.
+    fn choose(&mut self, form: Self) -> Result<(), AttachmentError> {
+        if *self == Self::Unchosen {
+            *self = form;
+        }
+        if *self == form {
+            Ok(())
+        } else {
+            Err(AttachmentError::OutOfOrder)
+        }
+    }
+}
+
 /// Decrypts one attachment incrementally, in constant memory.
 ///
-/// Call [`update`](Self::update) with the blob in pieces of any size, in
-/// order, then [`finish`](Self::finish) once. Plaintext is appended to the
-/// output one whole chunk at a time, and only after that chunk's tag has
+/// A decryptor is driven in one of two forms, fixed by the first call:
+///
+/// * **Streaming**: call [`update`](Self::update) with the blob in pieces of
+///   any size, in order, then [`finish`](Self::finish) once. Plaintext is
+///   appended to the output one whole chunk at a time. The decryptor holds
+///   less than one sealed chunk ([`buffered_len`](Self::buffered_len)).
+/// * **In place**, for a caller that holds the blob in a writable buffer: give
+///   the header to [`open_header`](Self::open_header), then each sealed chunk
+///   of [`next_sealed_len`](Self::next_sealed_len) bytes to
+///   [`open_chunk_in_place`](Self::open_chunk_in_place), which decrypts it
+///   where it lies, then call [`finish`](Self::finish). Nothing is copied or
+///   buffered. The [`Encryptor`] docs show a round trip.
+///
+/// Either way a chunk's plaintext is released only after its tag has
 /// verified; nothing of a chunk that fails is ever released. The plaintext is
 /// the attachment only once `finish` returns `Ok`: a blob cut short has
 /// released authentic chunks but is reported as
 /// [`Truncated`](AttachmentError::Truncated) there, so callers must discard
-/// what they wrote on any error. The decryptor holds less than one sealed
-/// chunk ([`buffered_len`](Self::buffered_len)).
+/// what they kept on any error. Any error ends the stream: every later call
+/// fails with [`AttachmentError::Poisoned`]. Calling a method of the other
+/// form fails with [`AttachmentError::OutOfOrder`].
 pub struct Decryptor {
     cipher: aes_gcm::Aes256Gcm,
     commitment: [u8; COMMITMENT_LEN],
@@ -367,6 +487,7 @@ pub struct Decryptor {
     next_chunk: u32,
     header_read: bool,
     buf: Vec<u8>,
+    form: Form,
     poisoned: bool,
 }
 
@@ -410,6 +531,7 @@ impl Decryptor {
             next_chunk: 0,
             header_read: false,
             buf: Vec::with_capacity(SEALED_CHUNK_LEN),
+            form: Form::Unchosen,
             poisoned: false,
         })
     }
@@ -432,15 +554,26 @@ impl Decryptor {
     /// * [`AttachmentError::AuthenticationFailed`] if a chunk fails (altered,
     ///   reordered, duplicated, or cut from a longer blob);
     /// * [`AttachmentError::TrailingData`] for bytes after the last chunk;
+    /// * [`AttachmentError::OutOfOrder`] if the stream was begun in place;
     /// * [`AttachmentError::Poisoned`] after an earlier error.
     ///
     /// On error `out` has gained only the plaintext of chunks that
     /// authenticated before the failure, and the stream is over.
     pub fn update(&mut self, blob: &[u8], out: &mut Vec<u8>) -> Result<(), AttachmentError> {
+        self.step(Form::Streaming, |dec| dec.absorb(blob, out))
+    }
+
+    /// Refuses any call once the stream is poisoned or in the other form, and
+    /// poisons it when `f` fails.
+    fn step<T>(
+        &mut self,
+        form: Form,
+        f: impl FnOnce(&mut Self) -> Result<T, AttachmentError>,
+    ) -> Result<T, AttachmentError> {
         if self.poisoned {
             return Err(AttachmentError::Poisoned);
         }
-        let result = self.absorb(blob, out);
+        let result = self.form.choose(form).and_then(|()| f(self));
         if result.is_err() {
             self.poisoned = true;
         }
@@ -454,12 +587,12 @@ impl Decryptor {
             let (head, rest) = input.split_at(take);
             self.buf.extend_from_slice(head);
             input = rest;
-            if self.buf.len() < HEADER_LEN {
+            let Ok(header) = <[u8; HEADER_LEN]>::try_from(self.buf.as_slice()) else {
+                // Still short of a whole header.
                 return Ok(());
-            }
-            self.read_header()?;
+            };
+            self.read_header(&header)?;
             self.buf.clear();
-            self.header_read = true;
         }
         while !input.is_empty() {
             if self.next_chunk >= self.chunks {
@@ -487,7 +620,7 @@ impl Decryptor {
         Ok(())
     }
 
-    /// Ends the stream.
+    /// Ends the stream, in either form.
     ///
     /// # Errors
     /// [`AttachmentError::Truncated`] if the blob ended before its last chunk
@@ -512,9 +645,9 @@ impl Decryptor {
         }
     }
 
-    /// Parses the buffered header and checks its version and commitment.
-    fn read_header(&mut self) -> Result<(), AttachmentError> {
-        let mut r = Reader::new(&self.buf);
+    /// Checks the header's version and commitment and keeps it.
+    fn read_header(&mut self, header: &[u8; HEADER_LEN]) -> Result<(), AttachmentError> {
+        let mut r = Reader::new(header);
         let version = r.u8()?;
         if version != BLOB_VERSION {
             return Err(DecodeError::UnsupportedVersion(version).into());
@@ -525,8 +658,9 @@ impl Decryptor {
         if !bool::from(commitment.ct_eq(&self.commitment)) {
             return Err(AttachmentError::CommitmentMismatch);
         }
-        self.header.copy_from_slice(&self.buf);
+        self.header = *header;
         self.nonce_prefix = nonce_prefix;
+        self.header_read = true;
         Ok(())
     }
 
@@ -548,43 +682,72 @@ impl Decryptor {
         Ok(())
     }
 
-    /// Bytes of the next sealed chunk (ciphertext and tag); `None` once the
-    /// last chunk is open.
-    pub(super) fn next_sealed_len(&self) -> Option<usize> {
-        (self.next_chunk < self.chunks).then(|| self.sealed_len(self.next_chunk))
-    }
-
-    /// The in-place form of [`update`](Self::update), for
-    /// [`decrypt_stream`](super::decrypt_stream), once the header has been
-    /// given to `update`: `sealed` holds the next chunk, exactly
-    /// ([`next_sealed_len`](Self::next_sealed_len) bytes); it is verified and
-    /// decrypted where it lies. Returns the plaintext length `n`: the
-    /// plaintext is `sealed[..n]`. On error nothing in `sealed` has been
-    /// decrypted.
+    /// Starts the in-place form: checks the blob's header, its first
+    /// [`HEADER_LEN`](super::HEADER_LEN) bytes, before any chunk is given to
+    /// [`open_chunk_in_place`](Self::open_chunk_in_place).
     ///
     /// # Errors
-    /// [`AttachmentError::Truncated`] if `sealed` is not the length of the
-    /// next chunk, or the header or part of a chunk went to `update` instead;
-    /// [`AttachmentError::TrailingData`] after the last chunk;
-    /// [`AttachmentError::AuthenticationFailed`] if the chunk fails;
+    /// [`AttachmentError::Decode`] for an unknown blob version;
+    /// [`AttachmentError::CommitmentMismatch`] if the header's commitment is
+    /// not that of the key; [`AttachmentError::OutOfOrder`] if the header was
+    /// given already or the stream was begun with [`update`](Self::update);
     /// [`AttachmentError::Poisoned`] after an earlier error. Any error ends
     /// the stream.
-    pub(super) fn open_in_place(&mut self, sealed: &mut [u8]) -> Result<usize, AttachmentError> {
-        if self.poisoned {
-            return Err(AttachmentError::Poisoned);
+    pub fn open_header(&mut self, header: &[u8; HEADER_LEN]) -> Result<(), AttachmentError> {
+        self.step(Form::InPlace, |dec| {
+            if dec.header_read {
+                return Err(AttachmentError::OutOfOrder);
+            }
+            dec.read_header(header)
+        })
+    }
+
+    /// Bytes of the next sealed chunk (ciphertext and tag) that
+    /// [`open_chunk_in_place`](Self::open_chunk_in_place) takes. `None` once
+    /// the last chunk is open, and for a stream begun with
+    /// [`update`](Self::update).
+    #[must_use]
+    pub fn next_sealed_len(&self) -> Option<usize> {
+        if self.form == Form::Streaming || self.next_chunk >= self.chunks {
+            return None;
         }
-        let result = self.open_next_in_place(sealed);
-        if result.is_err() {
-            self.poisoned = true;
-        }
-        result
+        Some(self.sealed_len(self.next_chunk))
+    }
+
+    /// Verifies and decrypts the next chunk where it lies: the in-place form
+    /// of [`update`](Self::update), for callers that hold the blob in a
+    /// writable buffer, after [`open_header`](Self::open_header). `sealed`
+    /// holds exactly the next sealed chunk
+    /// ([`next_sealed_len`](Self::next_sealed_len) bytes: ciphertext, then
+    /// tag). Returns the plaintext length `n`: on return the plaintext is
+    /// `sealed[..n]`. See the [`Encryptor`] docs for an example.
+    ///
+    /// As with `update`, the plaintext is the attachment only once
+    /// [`finish`](Self::finish) returns `Ok`.
+    ///
+    /// # Errors
+    /// * [`AttachmentError::Truncated`] if `sealed` is not the length of the
+    ///   next chunk (a short read at the end of the blob);
+    /// * [`AttachmentError::TrailingData`] after the last chunk;
+    /// * [`AttachmentError::AuthenticationFailed`] if the chunk fails;
+    /// * [`AttachmentError::OutOfOrder`] before the header, or if the stream
+    ///   was begun with `update`;
+    /// * [`AttachmentError::Poisoned`] after an earlier error.
+    ///
+    /// On error nothing in `sealed` has been decrypted, and the stream is
+    /// over.
+    pub fn open_chunk_in_place(&mut self, sealed: &mut [u8]) -> Result<usize, AttachmentError> {
+        self.step(Form::InPlace, |dec| dec.open_next_in_place(sealed))
     }
 
     fn open_next_in_place(&mut self, sealed: &mut [u8]) -> Result<usize, AttachmentError> {
+        if !self.header_read {
+            return Err(AttachmentError::OutOfOrder);
+        }
         let Some(want) = self.next_sealed_len() else {
             return Err(AttachmentError::TrailingData);
         };
-        if !self.header_read || !self.buf.is_empty() || sealed.len() != want {
+        if sealed.len() != want {
             return Err(AttachmentError::Truncated);
         }
         let Some((ciphertext, tag)) = sealed.split_last_chunk_mut::<TAG_LEN>() else {
@@ -740,156 +903,324 @@ mod tests {
         assert!(open(&pointer, &whole).is_err());
     }
 
-    /// Sealing whole chunks in place gives the blob `update` and `finish`
-    /// give, and opening them in place gives the plaintext back.
+    /// An encryptor with a fixed key and nonce prefix, for `len` bytes.
+    fn fixed_encryptor(len: usize) -> Encryptor {
+        Encryptor::with_key(
+            Secret32::new([5; 32]),
+            [6; 7],
+            AttachmentKind::File,
+            "a/b",
+            len as u64,
+        )
+        .unwrap()
+    }
+
+    /// Seals `plaintext` chunk by chunk in place: (blob, pending pointer).
+    fn seal_in_place(mut enc: Encryptor, plaintext: &[u8]) -> (Vec<u8>, PendingPointer) {
+        let mut blob = enc.header().to_vec();
+        let mut data = plaintext.to_vec();
+        let mut rest = &mut data[..];
+        while let Some(n) = enc.next_chunk_len() {
+            let (chunk, tail) = rest.split_at_mut(n);
+            let tag = enc.seal_chunk_in_place(chunk).unwrap();
+            blob.extend_from_slice(chunk);
+            blob.extend_from_slice(&tag);
+            rest = tail;
+        }
+        assert!(rest.is_empty());
+        (blob, enc.finish_in_place().unwrap())
+    }
+
+    /// Opens `blob` chunk by chunk in place: the decryptor before `finish`,
+    /// and the plaintext released.
+    fn open_in_place(pointer: &AttachmentPointer, blob: &[u8]) -> (Decryptor, Vec<u8>) {
+        let mut dec = Decryptor::new(pointer).unwrap();
+        let mut blob = blob.to_vec();
+        let (header, mut sealed) = blob.split_first_chunk_mut::<H>().unwrap();
+        dec.open_header(header).unwrap();
+        let mut out = Vec::new();
+        while let Some(n) = dec.next_sealed_len() {
+            if sealed.len() < n {
+                break;
+            }
+            let (chunk, tail) = sealed.split_at_mut(n);
+            let m = dec.open_chunk_in_place(chunk).unwrap();
+            assert_eq!(m + TAG_LEN, n);
+            out.extend_from_slice(&chunk[..m]);
+            sealed = tail;
+        }
+        assert!(sealed.is_empty());
+        (dec, out)
+    }
+
+    /// Sealing whole chunks in place gives, byte for byte, the blob `update`
+    /// and `finish` give under the same key, and opening them in place gives
+    /// the plaintext back.
     #[test]
     fn in_place_chunks_match_update_and_finish() {
         for len in [0, 1, C - 1, C, C + 1, 2 * C + 300] {
             let plaintext = pattern(len, 19);
-            let encryptor = || {
-                let key = Secret32::new([5; 32]);
-                Encryptor::with_key(key, [6; 7], AttachmentKind::File, "a/b", len as u64).unwrap()
-            };
             let mut expected = Vec::new();
-            let mut enc = encryptor();
+            let mut enc = fixed_encryptor(len);
             enc.update(&plaintext, &mut expected).unwrap();
             let pending = enc.finish(&mut expected).unwrap();
 
-            let mut enc = encryptor();
-            let mut blob = enc.header().to_vec();
-            let mut rest = &plaintext[..];
-            while let Some(n) = enc.next_chunk_len() {
-                let (head, tail) = rest.split_at(n);
-                let mut chunk = head.to_vec();
-                let tag = enc.seal_in_place(&mut chunk).unwrap();
-                blob.extend_from_slice(&chunk);
-                blob.extend_from_slice(&tag);
-                rest = tail;
-            }
+            let (blob, in_place) = seal_in_place(fixed_encryptor(len), &plaintext);
             assert_eq!(blob, expected, "len {len}");
-            let in_place = enc.into_pending().unwrap();
             assert_eq!(in_place.commitment(), pending.commitment());
+            assert_eq!(in_place.ciphertext_len(), blob.len() as u64);
 
             let pointer = in_place.into_pointer(b"blob".to_vec()).unwrap();
-            let mut dec = Decryptor::new(&pointer).unwrap();
-            let (header, mut sealed) = blob.split_at(H);
-            dec.update(header, &mut Vec::new()).unwrap();
-            let mut out = Vec::new();
-            while let Some(n) = dec.next_sealed_len() {
-                let (head, tail) = sealed.split_at(n);
-                let mut chunk = head.to_vec();
-                let m = dec.open_in_place(&mut chunk).unwrap();
-                out.extend_from_slice(&chunk[..m]);
-                sealed = tail;
-            }
-            assert!(sealed.is_empty());
+            let (dec, out) = open_in_place(&pointer, &blob);
             dec.finish().unwrap();
             assert_eq!(out, plaintext, "len {len}");
+            // What `update` makes opens in place too, and the other way round.
+            assert_eq!(open(&pointer, &blob).unwrap(), plaintext);
         }
     }
 
     #[test]
     fn in_place_sealing_refuses_pieces_that_are_not_the_next_chunk() {
-        let new = || {
-            Encryptor::with_key(
-                Secret32::new([5; 32]),
-                [6; 7],
-                AttachmentKind::File,
-                "a/b",
-                2 * C as u64,
-            )
-            .unwrap()
-        };
-        // Short: the input ended early. The stream is over.
+        let new = || fixed_encryptor(2 * C);
+        // Short: the input ended early. The piece is left as it was and the
+        // stream is over.
         let mut enc = new();
+        let mut short = [7; 100];
         assert!(matches!(
-            enc.seal_in_place(&mut [0; 100]),
+            enc.seal_chunk_in_place(&mut short),
             Err(AttachmentError::LengthMismatch {
                 declared,
                 actual: 100
             }) if declared == 2 * C as u64
         ));
+        assert_eq!(short, [7; 100]);
         assert!(matches!(
-            enc.seal_in_place(&mut vec![0; C]),
+            enc.seal_chunk_in_place(&mut vec![0; C]),
             Err(AttachmentError::Poisoned)
         ));
-        assert!(matches!(enc.into_pending(), Err(AttachmentError::Poisoned)));
-        // After `update` has buffered bytes, chunks no longer line up.
-        let mut enc = new();
-        enc.update(&[1; 10], &mut Vec::new()).unwrap();
         assert!(matches!(
-            enc.seal_in_place(&mut vec![0; C]),
+            enc.finish_in_place(),
+            Err(AttachmentError::Poisoned)
+        ));
+        // Long.
+        let mut enc = new();
+        assert!(matches!(
+            enc.seal_chunk_in_place(&mut vec![0; C + 1]),
             Err(AttachmentError::LengthMismatch { .. })
         ));
         // Beyond the last chunk, and ending before it.
         let mut enc = new();
-        enc.seal_in_place(&mut vec![0; C]).unwrap();
-        enc.seal_in_place(&mut vec![0; C]).unwrap();
+        enc.seal_chunk_in_place(&mut vec![0; C]).unwrap();
+        enc.seal_chunk_in_place(&mut vec![0; C]).unwrap();
         assert_eq!(enc.next_chunk_len(), None);
         assert!(matches!(
-            enc.seal_in_place(&mut [0; 1]),
+            enc.seal_chunk_in_place(&mut [0; 1]),
             Err(AttachmentError::LengthMismatch { .. })
         ));
         let mut enc = new();
-        enc.seal_in_place(&mut vec![0; C]).unwrap();
+        enc.seal_chunk_in_place(&mut vec![0; C]).unwrap();
         assert!(matches!(
-            enc.into_pending(),
+            enc.finish_in_place(),
             Err(AttachmentError::LengthMismatch { .. })
         ));
-        // `finish` after the last chunk was sealed in place adds nothing.
+        // An empty attachment is one empty chunk, which must be sealed too.
+        let enc = fixed_encryptor(0);
+        assert_eq!(enc.next_chunk_len(), Some(0));
+        assert!(matches!(
+            enc.finish_in_place(),
+            Err(AttachmentError::LengthMismatch { .. })
+        ));
+    }
+
+    /// Each form refuses the other's methods once a stream has begun, and
+    /// the refusal ends the stream.
+    #[test]
+    fn the_encryptor_refuses_to_mix_update_and_in_place() {
+        let new = || fixed_encryptor(2 * C);
+        // `update` first, even of a whole chunk.
         let mut enc = new();
-        enc.seal_in_place(&mut vec![0; C]).unwrap();
-        enc.seal_in_place(&mut vec![0; C]).unwrap();
+        enc.update(&vec![1; C], &mut Vec::new()).unwrap();
+        assert_eq!(enc.next_chunk_len(), None);
+        let mut chunk = vec![1; C];
+        assert!(matches!(
+            enc.seal_chunk_in_place(&mut chunk),
+            Err(AttachmentError::OutOfOrder)
+        ));
+        assert_eq!(chunk, vec![1; C]);
+        assert!(matches!(
+            enc.update(&[1], &mut Vec::new()),
+            Err(AttachmentError::Poisoned)
+        ));
+        let mut enc = new();
+        enc.update(&vec![1; 2 * C], &mut Vec::new()).unwrap();
+        assert!(matches!(
+            enc.finish_in_place(),
+            Err(AttachmentError::OutOfOrder)
+        ));
+        // In place first.
+        let mut enc = new();
+        enc.seal_chunk_in_place(&mut vec![1; C]).unwrap();
         let mut out = Vec::new();
-        enc.finish(&mut out).unwrap();
+        assert!(matches!(
+            enc.update(&[1; 10], &mut out),
+            Err(AttachmentError::OutOfOrder)
+        ));
         assert!(out.is_empty());
+        assert!(matches!(
+            enc.seal_chunk_in_place(&mut vec![1; C]),
+            Err(AttachmentError::Poisoned)
+        ));
+        let mut enc = new();
+        enc.seal_chunk_in_place(&mut vec![1; C]).unwrap();
+        enc.seal_chunk_in_place(&mut vec![1; C]).unwrap();
+        assert!(matches!(
+            enc.finish(&mut out),
+            Err(AttachmentError::OutOfOrder)
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_decryptor_refuses_to_mix_update_and_in_place() {
+        let (pointer, _, blob) = seal(C + 10, 21);
+        let header: [u8; H] = blob[..H].try_into().unwrap();
+        let first = || blob[H..H + S].to_vec();
+        // `update` first.
+        let mut dec = Decryptor::new(&pointer).unwrap();
+        dec.update(&blob[..H], &mut Vec::new()).unwrap();
+        assert_eq!(dec.next_sealed_len(), None);
+        assert!(matches!(
+            dec.open_chunk_in_place(&mut first()),
+            Err(AttachmentError::OutOfOrder)
+        ));
+        assert!(matches!(
+            dec.update(&blob[H..], &mut Vec::new()),
+            Err(AttachmentError::Poisoned)
+        ));
+        assert!(matches!(dec.finish(), Err(AttachmentError::Poisoned)));
+        let mut dec = Decryptor::new(&pointer).unwrap();
+        dec.update(&[], &mut Vec::new()).unwrap();
+        assert!(matches!(
+            dec.open_header(&header),
+            Err(AttachmentError::OutOfOrder)
+        ));
+        // In place first.
+        let mut dec = Decryptor::new(&pointer).unwrap();
+        dec.open_header(&header).unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            dec.update(&blob[H..], &mut out),
+            Err(AttachmentError::OutOfOrder)
+        ));
+        assert!(out.is_empty());
+        assert!(matches!(
+            dec.open_chunk_in_place(&mut first()),
+            Err(AttachmentError::Poisoned)
+        ));
+        // The header twice, and a chunk before the header.
+        let mut dec = Decryptor::new(&pointer).unwrap();
+        dec.open_header(&header).unwrap();
+        assert!(matches!(
+            dec.open_header(&header),
+            Err(AttachmentError::OutOfOrder)
+        ));
+        let mut dec = Decryptor::new(&pointer).unwrap();
+        let mut chunk = first();
+        assert!(matches!(
+            dec.open_chunk_in_place(&mut chunk),
+            Err(AttachmentError::OutOfOrder)
+        ));
+        assert_eq!(chunk, first());
+        assert!(matches!(
+            dec.open_header(&header),
+            Err(AttachmentError::Poisoned)
+        ));
     }
 
     #[test]
     fn in_place_opening_refuses_what_is_not_the_next_authentic_chunk() {
         let (pointer, plaintext, blob) = seal(C + 10, 20);
+        let header: [u8; H] = blob[..H].try_into().unwrap();
         let first = || blob[H..H + S].to_vec();
-        // Before the header.
+        let started = || {
+            let mut dec = Decryptor::new(&pointer).unwrap();
+            dec.open_header(&header).unwrap();
+            dec
+        };
+        // A header that is not the blob's.
         let mut dec = Decryptor::new(&pointer).unwrap();
+        let mut other = header;
+        other[9] ^= 1;
         assert!(matches!(
-            dec.open_in_place(&mut first()),
-            Err(AttachmentError::Truncated)
-        ));
-        assert!(matches!(
-            dec.open_in_place(&mut first()),
-            Err(AttachmentError::Poisoned)
+            dec.open_header(&other),
+            Err(AttachmentError::CommitmentMismatch)
         ));
         // A piece of the wrong length.
-        let mut dec = Decryptor::new(&pointer).unwrap();
-        dec.update(&blob[..H], &mut Vec::new()).unwrap();
+        let mut dec = started();
         assert!(matches!(
-            dec.open_in_place(&mut first()[..S - 1]),
+            dec.open_chunk_in_place(&mut first()[..S - 1]),
             Err(AttachmentError::Truncated)
         ));
-        // A damaged chunk is left as it was: nothing of it is decrypted.
-        let mut dec = Decryptor::new(&pointer).unwrap();
-        dec.update(&blob[..H], &mut Vec::new()).unwrap();
-        let mut damaged = first();
-        damaged[5] ^= 1;
-        let before = damaged.clone();
         assert!(matches!(
-            dec.open_in_place(&mut damaged),
-            Err(AttachmentError::AuthenticationFailed)
+            dec.open_chunk_in_place(&mut first()),
+            Err(AttachmentError::Poisoned)
         ));
-        assert_eq!(damaged, before);
+        // A damaged chunk is left as it was: nothing of it is decrypted, and
+        // the stream is over.
+        for at in [0, 5, S - TAG_LEN, S - 1] {
+            let mut dec = started();
+            let mut damaged = first();
+            damaged[at] ^= 1;
+            let before = damaged.clone();
+            assert!(matches!(
+                dec.open_chunk_in_place(&mut damaged),
+                Err(AttachmentError::AuthenticationFailed)
+            ));
+            assert_eq!(damaged, before);
+            assert!(matches!(
+                dec.open_chunk_in_place(&mut first()),
+                Err(AttachmentError::Poisoned)
+            ));
+            assert!(matches!(dec.finish(), Err(AttachmentError::Poisoned)));
+        }
+        // The last chunk presented first is refused by its length.
+        let mut dec = started();
+        let mut last = blob[H + S..].to_vec();
+        assert!(matches!(
+            dec.open_chunk_in_place(&mut last),
+            Err(AttachmentError::Truncated)
+        ));
         // After the last chunk.
-        let mut dec = Decryptor::new(&pointer).unwrap();
-        dec.update(&blob[..H], &mut Vec::new()).unwrap();
+        let mut dec = started();
         let mut chunk = first();
-        assert_eq!(dec.open_in_place(&mut chunk).unwrap(), C);
+        assert_eq!(dec.open_chunk_in_place(&mut chunk).unwrap(), C);
         assert_eq!(chunk[..C], plaintext[..C]);
         let mut last = blob[H + S..].to_vec();
-        assert_eq!(dec.open_in_place(&mut last).unwrap(), 10);
+        assert_eq!(dec.open_chunk_in_place(&mut last).unwrap(), 10);
+        assert_eq!(last[..10], plaintext[C..]);
         assert_eq!(dec.next_sealed_len(), None);
         assert!(matches!(
-            dec.open_in_place(&mut first()),
+            dec.open_chunk_in_place(&mut first()),
             Err(AttachmentError::TrailingData)
         ));
+    }
+
+    /// A blob opened in place but cut short has released only authentic
+    /// chunks, and `finish` says it is not the attachment.
+    #[test]
+    fn an_in_place_blob_cut_short_fails_at_finish() {
+        let (pointer, plaintext, blob) = seal(3 * C + 17, 22);
+        for k in 0..4 {
+            let (dec, out) = open_in_place(&pointer, &blob[..H + k * S]);
+            assert_eq!(out, plaintext[..k * C]);
+            assert!(
+                matches!(dec.finish(), Err(AttachmentError::Truncated)),
+                "k {k}"
+            );
+        }
+        // Only the header was given, or not even that.
+        let dec = Decryptor::new(&pointer).unwrap();
+        assert!(matches!(dec.finish(), Err(AttachmentError::Truncated)));
     }
 
     #[test]
