@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use hush::SessionManager;
 use hush::attachment::{AttachmentKind, AttachmentPointer};
 use hush::client::{Client, ClientConfig, ClientEvent};
@@ -203,37 +203,74 @@ struct Server {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The server, in this process, on the embedded default.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "quickstart: a Hush server on the embedded default in this process, and three devices\n\
+             talking to it over TLS.\n\n\
+             Options:\n  \
+             --connect HOST:PORT  use a running hush-server instead (e.g. 127.0.0.1:7443)\n  \
+             --ca FILE            its certificate to pin [default: hush-data/dev-cert.pem]\n\n\
+             The server name is always \"{NAME}\" (what the development certificate names)."
+        );
+        return Ok(());
+    }
+    let mut running = None;
     let dir = std::env::temp_dir().join(format!("hush-quickstart-{}", std::process::id()));
-    let mut config = Config {
-        data_dir: dir.clone(),
-        listen: "127.0.0.1:0".parse()?,
-        admin_listen: String::new(),
-        server_names: vec![NAME.into()],
-        ..Config::default()
+    let (server, alice_name, bob_name) = match flag("--connect") {
+        Some(address) => {
+            // A server started by `cargo run -p hush-server`: fresh user
+            // names, since the accounts of an earlier run are still there.
+            let ca = flag("--ca").unwrap_or_else(|| "hush-data/dev-cert.pem".into());
+            let tls = hush_server::tls::client_config(ca.as_ref())
+                .with_context(|| format!("pinning {ca} (start the server first)"))?;
+            println!("server: {address} (TLS 1.3), pinned certificate {ca}");
+            let tag = format!("{:04x}", rand_tag());
+            let server = Server { address, tls };
+            (server, format!("alice-{tag}"), format!("bob-{tag}"))
+        }
+        None => {
+            // The server, in this process, on the embedded default.
+            let mut config = Config {
+                data_dir: dir.clone(),
+                listen: "127.0.0.1:0".parse()?,
+                admin_listen: String::new(),
+                server_names: vec![NAME.into()],
+                ..Config::default()
+            };
+            config.validate()?;
+            std::fs::create_dir_all(&dir)?;
+            hush_server::tls::generate_dev_cert(
+                &config.server_names,
+                &config.cert_path(),
+                &config.key_path(),
+            )?;
+            let storage = SqliteStorage::open(&config.sqlite_path())?;
+            storage.migrate().await?;
+            let blobs = LocalBlobStore::open(&config.blob_dir())?;
+            let server_tls =
+                hush_server::tls::server_config(&config.cert_path(), &config.key_path())?;
+            let started =
+                hush_server::start(config.clone(), storage, blobs, server_tls, None).await?;
+            let server = Server {
+                address: started.address.to_string(),
+                tls: hush_server::tls::client_config(&config.cert_path())?,
+            };
+            println!(
+                "server: {} (TLS 1.3, SQLite in {}), pinned certificate {}",
+                server.address,
+                dir.display(),
+                config.cert_path().display()
+            );
+            running = Some(started);
+            (server, "alice".to_owned(), "bob".to_owned())
+        }
     };
-    config.validate()?;
-    std::fs::create_dir_all(&dir)?;
-    hush_server::tls::generate_dev_cert(
-        &config.server_names,
-        &config.cert_path(),
-        &config.key_path(),
-    )?;
-    let storage = SqliteStorage::open(&config.sqlite_path())?;
-    storage.migrate().await?;
-    let blobs = LocalBlobStore::open(&config.blob_dir())?;
-    let server_tls = hush_server::tls::server_config(&config.cert_path(), &config.key_path())?;
-    let running = hush_server::start(config.clone(), storage, blobs, server_tls, None).await?;
-    let server = Server {
-        address: running.address.to_string(),
-        tls: hush_server::tls::client_config(&config.cert_path())?,
-    };
-    println!(
-        "server: {} (TLS 1.3, SQLite in {}), pinned certificate {}",
-        server.address,
-        dir.display(),
-        config.cert_path().display()
-    );
 
     let mut rng = fresh_rng();
     let mut register = async |name: &'static str, user: &str| -> anyhow::Result<Peer> {
@@ -252,8 +289,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         Peer::new(name, &server, identity, auth, user, device).await
     };
-    let mut alice = register("alice phone", "alice").await?;
-    let mut bob = register("bob", "bob").await?;
+    let mut alice = register("alice phone", &alice_name).await?;
+    let mut bob = register("bob", &bob_name).await?;
 
     let auth = DeviceAuthKeyPair::generate(&mut fresh_rng());
     let (linked, device) = net::link_device(
@@ -277,14 +314,14 @@ async fn main() -> anyhow::Result<()> {
 
     alice
         .send(
-            "bob",
+            &bob_name,
             Body::Text("Hi Bob, this is end-to-end encrypted.".into()),
         )
         .await?;
     bob.receive().await?;
     laptop.receive().await?;
     bob.send(
-        "alice",
+        &alice_name,
         Body::Text("Hi Alice! Both of your devices get this.".into()),
     )
     .await?;
@@ -295,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
     let pointer = laptop.upload(&file).await?;
     laptop
         .send(
-            "bob",
+            &bob_name,
             Body::Attachment {
                 pointer,
                 caption: Some("3 MiB of test data".into()),
@@ -317,8 +354,18 @@ async fn main() -> anyhow::Result<()> {
         bail!("the attachment did not survive the trip");
     }
 
-    running.shutdown(Duration::from_secs(2)).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(running) = running {
+        running.shutdown(Duration::from_secs(2)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     println!("done: 3 devices, 2 users, every byte end-to-end encrypted");
     Ok(())
+}
+
+/// A tag for user names that do not collide with an earlier run's (not a secret).
+fn rand_tag() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id()) as u16
 }

@@ -322,6 +322,7 @@ async fn accept_loop<S: Storage, B: BlobStore>(
         });
     }
     drop(listener);
+    while tasks.try_join_next().is_some() {}
     tracing::info!(open = tasks.len(), "shutting down: draining connections");
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(10), drain)
