@@ -61,6 +61,7 @@ on_both_backends!(
     uploads_are_capped_and_partial_ones_removed,
     sends_and_bundle_fetches_are_rate_limited,
     the_push_hook_fires_only_for_offline_devices,
+    backup_and_restore,
 );
 
 async fn server(backend: Backend) -> Option<TestServer> {
@@ -782,4 +783,158 @@ async fn the_push_hook_fires_only_for_offline_devices(backend: Backend) {
     assert_eq!(bob.receive_text().await, "while away");
     let _ = sorted(Vec::new());
     server.finish().await;
+}
+
+/// Takes a backup as docs/server.md says (database first, then blobs),
+/// writes more after it, restores into a new server, and checks what the
+/// restored server has: everything up to the backup.
+async fn backup_and_restore(backend: Backend) {
+    let Some(mut server) = server(backend).await else {
+        return;
+    };
+    let mut alice = server.register("alice").await;
+    let mut bob = server.register("bob").await;
+    alice.send_and_wait("bob", "hello").await;
+    assert_eq!(bob.receive_text().await, "hello");
+    bob.disconnect().await;
+    alice.send_and_wait("bob", "before the backup").await;
+    let (mut carol, ..) = raw_account(&server, "carol").await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let Ok(Response::UploadStarted { upload }) = carol
+        .request(Request::UploadBegin {
+            kind: BlobKind::File,
+            size: data.len() as u64,
+        })
+        .await
+    else {
+        panic!("no upload")
+    };
+    for (i, chunk) in data.chunks(CHUNK_LEN).enumerate() {
+        let offset = (i * CHUNK_LEN) as u64;
+        let answer = carol
+            .request(Request::UploadChunk {
+                upload,
+                offset,
+                data: chunk.to_vec(),
+            })
+            .await;
+        assert_eq!(answer, Ok(Response::Ok));
+    }
+    let Ok(Response::Uploaded { blob }) = carol.request(Request::UploadFinish { upload }).await
+    else {
+        panic!("not uploaded")
+    };
+
+    // The backup, while the server runs.
+    let backup = tempfile::tempdir().unwrap();
+    let dump = backup.path().join("hush.backup");
+    match backend {
+        Backend::Sqlite => {
+            let db = rusqlite::Connection::open(server.config.sqlite_path()).unwrap();
+            db.execute("VACUUM INTO ?1", [dump.to_str().unwrap()])
+                .unwrap();
+        }
+        Backend::Mysql => {
+            let (user, host, port, database) = mysql_parts(&server.config.database_url);
+            let out = std::process::Command::new("mysqldump")
+                .args([
+                    "--single-transaction",
+                    "--routines",
+                    "-h",
+                    &host,
+                    "-P",
+                    &port,
+                    "-u",
+                    &user,
+                    &database,
+                ])
+                .output()
+                .expect("mysqldump (the MariaDB or MySQL client) is installed");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::write(&dump, out.stdout).unwrap();
+        }
+    }
+    let blobs = server.config.blob_dir().join("blobs");
+    let saved_blobs = backup.path().join("blobs");
+    copy_dir(&blobs, &saved_blobs);
+    alice.send_and_wait("bob", "after the backup").await;
+    server.stop().await;
+
+    // The restore: a new server on the copy.
+    let mut restored = TestServer::prepare(backend, |_| {}).await.unwrap();
+    match backend {
+        Backend::Sqlite => {
+            std::fs::copy(&dump, restored.config.sqlite_path()).unwrap();
+        }
+        Backend::Mysql => {
+            let (user, host, port, database) = mysql_parts(&restored.config.database_url);
+            let status = std::process::Command::new("mysql")
+                .args(["-h", &host, "-P", &port, "-u", &user, &database])
+                .stdin(std::fs::File::open(&dump).unwrap())
+                .status()
+                .expect("mysql (the client) is installed");
+            assert!(status.success());
+        }
+    }
+    copy_dir(&saved_blobs, &restored.config.blob_dir().join("blobs"));
+    restored.run().await;
+    bob.connect(&restored).await;
+    let texts: Vec<String> = bob
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            hush::client::ClientEvent::Message { content, .. } => {
+                Some(common::text_of(&content.body))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        ["before the backup"],
+        "what was accepted after the backup is gone"
+    );
+    let (mut dave, ..) = raw_account(&restored, "dave").await;
+    let mut back = Vec::new();
+    while back.len() < data.len() {
+        match dave
+            .request(Request::Download {
+                blob,
+                offset: back.len() as u64,
+            })
+            .await
+        {
+            Ok(Response::DownloadChunk { data: d, .. }) => back.extend_from_slice(&d),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(back, data);
+    server.finish().await;
+    restored.finish().await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// (user, host, port, database) of a `mysql://user@host:port/database` URL.
+fn mysql_parts(url: &str) -> (String, String, String, String) {
+    let rest = url.strip_prefix("mysql://").unwrap();
+    let (auth, rest) = rest.split_once('@').unwrap();
+    let (hostport, database) = rest.split_once('/').unwrap();
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "3306"));
+    (
+        auth.split(':').next().unwrap().to_owned(),
+        host.to_owned(),
+        port.to_owned(),
+        database.to_owned(),
+    )
 }

@@ -109,6 +109,13 @@ impl TestServer {
     /// Starts a server; `None` when the backend is MySQL and no test
     /// database is configured (outside CI).
     pub async fn start(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<Self> {
+        let mut server = Self::prepare(backend, tweak).await?;
+        server.run().await;
+        Some(server)
+    }
+
+    /// A server's folder, database and certificate, not started yet.
+    pub async fn prepare(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<Self> {
         // `RUST_LOG=debug` shows the server's logs with a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -128,7 +135,7 @@ impl TestServer {
         )
         .expect("dev cert");
         let tls = hush_server::tls::client_config(&config.cert_path()).expect("client config");
-        let mut server = Self {
+        Some(Self {
             dir,
             config,
             backend,
@@ -136,9 +143,7 @@ impl TestServer {
             tls: Some(tls),
             address: String::new(),
             child: None,
-        };
-        server.run().await;
-        Some(server)
+        })
     }
 
     /// Starts the `hush-server` binary instead, on a fixed free port, and
