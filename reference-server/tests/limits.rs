@@ -271,3 +271,42 @@ async fn shutdown_closes_connections_and_stops_accepting() {
     );
     server.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_of_a_device_displaces_the_older_one() {
+    let server = start(|_| {}).await;
+    let mut rng = fresh_rng();
+    let identity = IdentityKeyPair::generate(&mut rng);
+    let auth = DeviceAuthKeyPair::generate(&mut rng);
+    let user = UserId::new("twice").unwrap();
+    let mut raw = server.raw().await;
+    let Ok(Response::Registered { device }) = raw
+        .request(Request::RegisterAccount {
+            user: user.clone(),
+            identity: identity.public_key(),
+            auth_key: auth.public_key(),
+            signature: sign_registration(&identity, &user, &auth.public_key(), NAME),
+        })
+        .await
+    else {
+        panic!("not registered")
+    };
+    let address = DeviceAddress::new(user, device);
+    let mut login = async || {
+        let mut raw = server.raw().await;
+        let nonce = raw.nonce.unwrap();
+        let answer = raw
+            .request(Request::Authenticate {
+                device: address.clone(),
+                signature: sign_auth(&auth, &nonce, NAME),
+            })
+            .await;
+        assert!(matches!(answer, Ok(Response::Authenticated { .. })));
+        raw
+    };
+    let mut first = login().await;
+    let mut second = login().await;
+    assert!(first.closed().await, "the older connection is closed");
+    assert_eq!(second.request(Request::Ping).await, Ok(Response::Pong));
+    server.finish().await;
+}
