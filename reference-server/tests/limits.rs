@@ -292,7 +292,7 @@ async fn a_newer_connection_of_a_device_displaces_the_older_one() {
         panic!("not registered")
     };
     let address = DeviceAddress::new(user, device);
-    let mut login = async || {
+    let login = async || {
         let mut raw = server.raw().await;
         let nonce = raw.nonce.unwrap();
         let answer = raw
