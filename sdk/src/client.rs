@@ -451,6 +451,16 @@ impl<S: Store> Client<S> {
         Ok(id)
     }
 
+    /// Whether messages given to [`Self::send`] are still on their way,
+    /// including the copies for this user's other devices (which report no
+    /// [`ClientEvent::Sent`]). Sends live in memory only: an app about to
+    /// close the connection or exit waits until this is false, or the copies
+    /// are lost.
+    #[must_use]
+    pub fn has_pending_sends(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
     /// The app has kept the message: drop it from the inbox and acknowledge
     /// it to the server.
     ///

@@ -821,7 +821,10 @@ fn a_second_device_sees_sent_messages_and_is_picked_up_by_the_peer() {
         .client
         .send_text(&mut alice1.rng, &user("bob"), "from one", T0)
         .unwrap();
+    assert!(alice1.client.has_pending_sends());
     pump(&mut server, &mut [&mut alice1, &mut bob, &mut alice2]);
+    // Settled once the copy for alice.2 is stored too, which has no `Sent`.
+    assert!(!alice1.client.has_pending_sends());
     assert_eq!(bob.texts(), vec!["before", "from one"]);
     assert_eq!(alice2.texts(), vec!["to both", "sync:from one"]);
 }
