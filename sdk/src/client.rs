@@ -227,6 +227,7 @@ enum Pending {
     Download { transfer: u64 },
     PublishPreKeys { one_time: usize },
     ListOwnDevices,
+    RemoveDevice { device: DeviceId },
     FetchBundles { job: u64 },
     Send { job: u64 },
     Quiet,
@@ -1046,6 +1047,13 @@ impl<S: Store> Client<S> {
                     }
                 }
             }
+            // The server tells the account's other devices, not this one.
+            (Pending::RemoveDevice { device }, Ok(_)) => {
+                let address = DeviceAddress::new(self.manager.address().user.clone(), device);
+                if let Some(event) = self.manager.remove_device(rng, &address)? {
+                    self.trust_events(vec![event]);
+                }
+            }
             (Pending::FetchBundles { job }, Ok(Response::Bundles(bundles))) => {
                 let Some(recipient) = self.jobs.get(&job).map(|j| j.recipient.clone()) else {
                     return Ok(());
@@ -1472,8 +1480,13 @@ impl<S: Store> Client<S> {
     }
 
     /// Removes another device of this account from the server; peers drop it
-    /// when they next send.
+    /// when they next send. Once the server confirms, this device forgets it
+    /// too and reports [`Event::DeviceRemoved`]; a refusal comes as
+    /// [`ClientEvent::ServerError`].
     pub fn remove_device(&mut self, device: DeviceId) {
-        self.request(Request::RemoveDevice { device }, Pending::Quiet);
+        self.request(
+            Request::RemoveDevice { device },
+            Pending::RemoveDevice { device },
+        );
     }
 }

@@ -515,7 +515,14 @@ impl Server {
             Request::RemoveDevice { device } => {
                 let account = self.accounts.get_mut(&me.user).unwrap();
                 account.devices.remove(&device);
-                let others: Vec<DeviceId> = account.devices.keys().copied().collect();
+                // As the real server: the account's other devices are told,
+                // the one that asked learns from the answer.
+                let others: Vec<DeviceId> = account
+                    .devices
+                    .keys()
+                    .copied()
+                    .filter(|d| *d != me.device)
+                    .collect();
                 self.queues
                     .remove(&DeviceAddress::new(me.user.clone(), device));
                 for d in others {
