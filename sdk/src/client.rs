@@ -227,6 +227,7 @@ enum Pending {
     Download { transfer: u64 },
     PublishPreKeys { one_time: usize },
     ListOwnDevices,
+    RemoveDevice { device: DeviceId },
     FetchBundles { job: u64 },
     Send { job: u64 },
     Quiet,
@@ -449,6 +450,16 @@ impl<S: Store> Client<S> {
             self.add_job(rng, own, id, sync.to_padded()?, now)?;
         }
         Ok(id)
+    }
+
+    /// Whether messages given to [`Self::send`] are still on their way,
+    /// including the copies for this user's other devices (which report no
+    /// [`ClientEvent::Sent`]). Sends live in memory only: an app about to
+    /// close the connection or exit waits until this is false, or the copies
+    /// are lost.
+    #[must_use]
+    pub fn has_pending_sends(&self) -> bool {
+        !self.jobs.is_empty()
     }
 
     /// The app has kept the message: drop it from the inbox and acknowledge
@@ -1036,6 +1047,13 @@ impl<S: Store> Client<S> {
                     }
                 }
             }
+            // The server tells the account's other devices, not this one.
+            (Pending::RemoveDevice { device }, Ok(_)) => {
+                let address = DeviceAddress::new(self.manager.address().user.clone(), device);
+                if let Some(event) = self.manager.remove_device(rng, &address)? {
+                    self.trust_events(vec![event]);
+                }
+            }
             (Pending::FetchBundles { job }, Ok(Response::Bundles(bundles))) => {
                 let Some(recipient) = self.jobs.get(&job).map(|j| j.recipient.clone()) else {
                     return Ok(());
@@ -1462,8 +1480,13 @@ impl<S: Store> Client<S> {
     }
 
     /// Removes another device of this account from the server; peers drop it
-    /// when they next send.
+    /// when they next send. Once the server confirms, this device forgets it
+    /// too and reports [`Event::DeviceRemoved`]; a refusal comes as
+    /// [`ClientEvent::ServerError`].
     pub fn remove_device(&mut self, device: DeviceId) {
-        self.request(Request::RemoveDevice { device }, Pending::Quiet);
+        self.request(
+            Request::RemoveDevice { device },
+            Pending::RemoveDevice { device },
+        );
     }
 }

@@ -515,7 +515,14 @@ impl Server {
             Request::RemoveDevice { device } => {
                 let account = self.accounts.get_mut(&me.user).unwrap();
                 account.devices.remove(&device);
-                let others: Vec<DeviceId> = account.devices.keys().copied().collect();
+                // As the real server: the account's other devices are told,
+                // the one that asked learns from the answer.
+                let others: Vec<DeviceId> = account
+                    .devices
+                    .keys()
+                    .copied()
+                    .filter(|d| *d != me.device)
+                    .collect();
                 self.queues
                     .remove(&DeviceAddress::new(me.user.clone(), device));
                 for d in others {
@@ -821,7 +828,10 @@ fn a_second_device_sees_sent_messages_and_is_picked_up_by_the_peer() {
         .client
         .send_text(&mut alice1.rng, &user("bob"), "from one", T0)
         .unwrap();
+    assert!(alice1.client.has_pending_sends());
     pump(&mut server, &mut [&mut alice1, &mut bob, &mut alice2]);
+    // Settled once the copy for alice.2 is stored too, which has no `Sent`.
+    assert!(!alice1.client.has_pending_sends());
     assert_eq!(bob.texts(), vec!["before", "from one"]);
     assert_eq!(alice2.texts(), vec!["to both", "sync:from one"]);
 }
