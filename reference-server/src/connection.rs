@@ -41,8 +41,17 @@ fn refuse(code: ErrorCode, message: &str) -> Reply {
 }
 
 fn internal(e: &StorageError) -> ProtocolError {
-    tracing::error!(error = %e, "storage failed");
-    ProtocolError::new(ErrorCode::Internal, "storage failed")
+    match e {
+        // The device or account went away meanwhile (removed or deleted by
+        // another connection): not a server fault.
+        StorageError::NoSuchDevice | StorageError::NoSuchUser => {
+            ProtocolError::new(ErrorCode::NotFound, "the device or account is gone")
+        }
+        _ => {
+            tracing::error!(error = %e, "storage failed");
+            ProtocolError::new(ErrorCode::Internal, "storage failed")
+        }
+    }
 }
 
 fn encode(frame: &ServerFrame) -> Option<Vec<u8>> {
