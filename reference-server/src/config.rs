@@ -122,9 +122,14 @@ pub struct Limits {
     /// Seconds without a frame from the client before the connection is
     /// closed (clients ping every 30 s). Default 90.
     pub idle_timeout: u64,
-    /// Frames queued for a connection at most; a slower reader is disconnected.
-    /// Default 512.
+    /// Frames queued for a connection by other connections (live messages,
+    /// pushes) at most; past it the connection is closed. Default 512.
     pub outbound_queue_frames: usize,
+    /// Bytes queued for one connection at most, in each of its two queues
+    /// (frames for the socket; pushes from other connections). A connection
+    /// whose pushes do not fit is closed (its envelopes stay queued); its own
+    /// answers wait for room. Default 8 MiB.
+    pub outbound_queue_bytes: usize,
     /// Sends per device per second (token bucket rate). Default 20.
     pub sends_per_sec: f64,
     /// Burst of sends per device. Default 100.
@@ -133,6 +138,19 @@ pub struct Limits {
     pub prekey_fetches_per_sec: f64,
     /// Burst of bundle fetches per device. Default 50.
     pub prekey_fetches_burst: f64,
+    /// New accounts and linked devices per second, server-wide (token bucket
+    /// rate). Default 10.
+    pub registrations_per_sec: f64,
+    /// Burst of registrations. Default 100.
+    pub registrations_burst: f64,
+    /// Other requests per device per second (publishing keys and
+    /// certificates, link permissions, push tokens, uploads, downloads,
+    /// device changes). Default 200.
+    pub requests_per_sec: f64,
+    /// Burst of other requests per device. Default 1,000.
+    pub requests_burst: f64,
+    /// One-time prekeys a device may have on the server at most. Default 1,000.
+    pub max_one_time_prekeys: u64,
     /// Devices per account at most (at most the protocol's 6). Default 6.
     pub max_devices: usize,
     /// Concurrent uploads per user. Default 5.
@@ -183,10 +201,16 @@ impl Default for Limits {
             provisioning_timeout: 600,
             idle_timeout: 90,
             outbound_queue_frames: 512,
+            outbound_queue_bytes: 8 << 20,
             sends_per_sec: 20.0,
             sends_burst: 100.0,
             prekey_fetches_per_sec: 5.0,
             prekey_fetches_burst: 50.0,
+            registrations_per_sec: 10.0,
+            registrations_burst: 100.0,
+            requests_per_sec: 200.0,
+            requests_burst: 1000.0,
+            max_one_time_prekeys: 1000,
             max_devices: MAX_DEVICES_PER_USER,
             uploads_per_user: 5,
             uploads_global: 1000,
@@ -271,7 +295,30 @@ impl Config {
         if l.max_preauth_frame_len == 0 || l.max_preauth_frame_len > MAX_PREAUTH_FRAME_LEN {
             return bad("limits.max_preauth_frame_len");
         }
-        if l.incoming_buffer_bytes < 2 * l.max_frame_len {
+        if l.outbound_queue_bytes < (2 << 20) || l.outbound_queue_bytes > u32::MAX as usize {
+            return bad("limits.outbound_queue_bytes: from 2 MiB to 4 GiB");
+        }
+        for (name, secs) in [
+            ("tls_handshake_timeout", l.tls_handshake_timeout),
+            ("auth_timeout", l.auth_timeout),
+            ("provisioning_timeout", l.provisioning_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("link_permission_ttl", l.link_permission_ttl),
+            ("upload_idle_timeout", l.upload_idle_timeout),
+        ] {
+            if secs == 0 || secs > 366 * 24 * 3600 {
+                return bad(&format!("limits.{name}: from 1 second to a year"));
+            }
+        }
+        if self.message_ttl == 0
+            || self.message_ttl > 100 * 366 * 24 * 3600
+            || self.purge_interval == 0
+        {
+            return bad("message_ttl and purge_interval: at least 1 second");
+        }
+        if l.incoming_buffer_bytes < 2 * l.max_frame_len
+            || l.incoming_buffer_bytes > u32::MAX as usize
+        {
             return bad("limits.incoming_buffer_bytes: at least twice max_frame_len");
         }
         if l.max_devices == 0 || l.max_devices > MAX_DEVICES_PER_USER {

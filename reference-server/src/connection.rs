@@ -11,10 +11,10 @@
 //! only itself); pushes from other connections arrive through a bounded
 //! control queue, and a connection whose control queue overflows is closed.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hush::keys::{DeviceAddress, DeviceId, PreKeyBundle, PreKeyKind};
@@ -25,7 +25,7 @@ use hush::wire::protocol::{
     verify_auth, verify_registration,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::blob::BlobStore;
@@ -64,28 +64,57 @@ fn encode(frame: &ServerFrame) -> Option<Vec<u8>> {
     }
 }
 
+/// Which of a device's token buckets a request draws on.
+#[derive(Debug, Clone, Copy)]
+enum RateKind {
+    Send,
+    Fetch,
+    Other,
+}
+
 /// Work to do after a response has been queued.
 #[derive(Debug)]
 enum After {
-    /// Deliver the queue, then the queue-empty marker and a prekeys-low push.
-    Drain,
     /// Close the connection.
     Close,
 }
+
+/// Incoming bytes a connection may buffer without drawing on the shared
+/// budget: small requests (pings, acks) always get through.
+const FREE_INCOMING: usize = 64 * 1024;
+
+/// Envelopes fetched per step of delivering the queue.
+const DRAIN_PAGE: usize = 8;
+
+/// A frame for the writer and the outbound room it takes up, given back
+/// when it has been written.
+type Outgoing = (Vec<u8>, OwnedSemaphorePermit);
 
 struct Conn<S, B> {
     shared: Arc<Shared<S, B>>,
     id: u64,
     ip: IpAddr,
     handle: ConnHandle,
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    /// Bytes the writer may hold for this connection.
+    room: Arc<Semaphore>,
+    room_size: usize,
     decoder: FrameDecoder,
     nonce: Option<Nonce>,
     device: Option<DeviceAddress>,
     provisioning: Option<ProvisioningAddress>,
     counted_preauth: bool,
-    /// Incoming-buffer budget held for the decoder's bytes.
+    registered: bool,
+    /// Bytes buffered by the decoder, and how many of them draw on the
+    /// shared incoming budget (those beyond [`FREE_INCOMING`]).
     held: usize,
+    held_shared: usize,
+    /// Since when the decoder holds an unfinished frame.
+    partial_since: Option<Instant>,
+    /// Delivering the queue: the position reached, and envelopes fetched
+    /// but not yet sent for want of outbound room.
+    draining: Option<u64>,
+    stash: VecDeque<Delivery>,
     /// Envelopes delivered from the queue, so a live copy is not sent twice.
     drained: HashSet<EnvelopeId>,
     after: Vec<After>,
@@ -100,29 +129,47 @@ where
 {
     let limits = &shared.config.limits;
     let (reader, writer) = tokio::io::split(stream);
-    let (out, out_rx) = mpsc::channel(limits.outbound_queue_frames);
+    let (out, out_rx) = mpsc::unbounded_channel();
     let (control, control_rx) = mpsc::channel(limits.outbound_queue_frames);
     let kill = Arc::new(Notify::new());
+    let closed = Arc::new(AtomicBool::new(false));
     let write_timeout = Duration::from_secs(limits.idle_timeout);
-    let writer_task = tokio::spawn(write_loop(writer, out_rx, kill.clone(), write_timeout));
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        out_rx,
+        kill.clone(),
+        closed.clone(),
+        write_timeout,
+    ));
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let nonce = Nonce::random(&mut rand::rng());
+    let room_size = limits.outbound_queue_bytes;
     let mut conn = Conn {
         handle: ConnHandle {
             id,
             control,
             kill: kill.clone(),
+            closed,
+            inbox: Arc::new(Semaphore::new(room_size)),
+            inbox_size: room_size,
         },
         decoder: FrameDecoder::new(limits.max_preauth_frame_len),
         shared,
         id,
         ip,
         out,
+        room: Arc::new(Semaphore::new(room_size)),
+        room_size,
         nonce: Some(nonce),
         device: None,
         provisioning: None,
         counted_preauth: true,
+        registered: false,
         held: 0,
+        held_shared: 0,
+        partial_since: None,
+        draining: None,
+        stash: VecDeque::new(),
         drained: HashSet::new(),
         after: Vec::new(),
     };
@@ -131,28 +178,41 @@ where
     }
     conn.cleanup().await;
     drop(conn);
-    // The writer finishes what is queued (graceful close), within the timeout.
-    let _ = tokio::time::timeout(write_timeout, writer_task).await;
+    // The writer finishes what is queued (graceful close), frame by frame
+    // under the write timeout.
+    let _ = writer_task.await;
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     writer: W,
-    mut frames: mpsc::Receiver<Vec<u8>>,
+    mut frames: mpsc::UnboundedReceiver<Outgoing>,
     kill: Arc<Notify>,
+    closed: Arc<AtomicBool>,
     timeout: Duration,
 ) {
     let mut writer = tokio::io::BufWriter::new(writer);
-    while let Some(frame) = frames.recv().await {
-        let write = async {
-            writer.write_all(&frame).await?;
-            // Coalesce what is already queued into one flush.
-            while let Ok(more) = frames.try_recv() {
-                writer.write_all(&more).await?;
-            }
-            writer.flush().await
-        };
-        if !matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(()))) {
-            kill.notify_one();
+    let fail = || {
+        closed.store(true, Ordering::Relaxed);
+        kill.notify_one();
+    };
+    while let Some((frame, room)) = frames.recv().await {
+        // Each frame, and each flush, within the timeout: a reader that
+        // keeps reading is never cut off by a long queue.
+        if !matches!(
+            tokio::time::timeout(timeout, writer.write_all(&frame)).await,
+            Ok(Ok(()))
+        ) {
+            fail();
+            return;
+        }
+        drop(room);
+        if frames.is_empty()
+            && !matches!(
+                tokio::time::timeout(timeout, writer.flush()).await,
+                Ok(Ok(()))
+            )
+        {
+            fail();
             return;
         }
     }
@@ -160,9 +220,24 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 impl<S: Storage, B: BlobStore> Conn<S, B> {
+    /// Queues encoded bytes for the writer once there is room; false if the
+    /// connection is closing.
+    async fn send_bytes(&mut self, bytes: Vec<u8>) -> bool {
+        let cost = bytes.len().clamp(1, self.room_size) as u32;
+        let kill = self.handle.kill.clone();
+        let room = tokio::select! {
+            permit = self.room.clone().acquire_many_owned(cost) => match permit {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+            () = kill.notified() => return false,
+        };
+        self.out.send((bytes, room)).is_ok()
+    }
+
     async fn send(&mut self, frame: &ServerFrame) -> bool {
         match encode(frame) {
-            Some(bytes) => self.out.send(bytes).await.is_ok(),
+            Some(bytes) => self.send_bytes(bytes).await,
             None => true,
         }
     }
@@ -173,13 +248,18 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
 
     fn deadline(&self, start: Instant, last_input: Instant) -> Instant {
         let l = &self.shared.config.limits;
-        if self.device.is_some() {
+        let mut deadline = if self.device.is_some() {
             last_input + Duration::from_secs(l.idle_timeout)
         } else if self.provisioning.is_some() {
             start + Duration::from_secs(l.provisioning_timeout)
         } else {
             start + Duration::from_secs(l.auth_timeout)
+        };
+        // An unfinished frame holds buffer space: it must complete in time.
+        if let Some(since) = self.partial_since {
+            deadline = deadline.min(since + Duration::from_secs(l.idle_timeout));
         }
+        deadline
     }
 
     async fn run<R: AsyncRead + Unpin>(
@@ -192,19 +272,20 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
         let mut buf = vec![0u8; 16 * 1024];
         let mut shutdown = self.shared.shutdown.clone();
         let kill = self.handle.kill.clone();
+        // One maximal delivery's worth of room before each step of the drain.
+        let step_room = (hush::wire::envelope::MAX_ENVELOPE_LEN + 1024).min(self.room_size) as u32;
         loop {
+            if self.handle.closed.load(Ordering::Relaxed) {
+                return;
+            }
             let deadline = self.deadline(start, last_input);
+            let room = self.room.clone();
             tokio::select! {
                 biased;
                 () = kill.notified() => return,
                 _ = shutdown.changed() => return,
-                message = control.recv() => {
-                    let Some(message) = message else { return };
-                    if !self.control(message).await {
-                        return;
-                    }
-                }
                 () = tokio::time::sleep_until(deadline) => {
+                    // An unfinished frame left too long counts as idling.
                     self.shared.metrics.reject(if self.device.is_some() {
                         Rejection::IdleTimeout
                     } else {
@@ -212,28 +293,60 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                     });
                     return;
                 }
+                message = control.recv() => {
+                    let Some(message) = message else { return };
+                    if !self.control(message).await {
+                        return;
+                    }
+                }
+                permit = room.acquire_many_owned(step_room), if self.draining.is_some() => {
+                    drop(permit);
+                    if !self.drain_step().await {
+                        return;
+                    }
+                }
                 read = reader.read(&mut buf) => {
                     let n = match read {
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
                     last_input = Instant::now();
-                    // Reads pause while the global incoming budget is spent.
-                    let budget = self.shared.incoming_budget.clone();
-                    let permit = tokio::select! {
-                        p = budget.acquire_many_owned(n as u32) => p,
-                        () = kill.notified() => return,
-                        _ = shutdown.changed() => return,
-                    };
-                    let Ok(permit) = permit else { return };
-                    permit.forget();
-                    self.held += n;
+                    if !self.take_budget(n, deadline).await {
+                        return;
+                    }
                     if !self.input(&buf[..n]).await {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// Accounts for `n` bytes read: beyond the connection's free allowance
+    /// they draw on the shared budget, and reading waits (until the
+    /// connection's deadline at most) while it is spent. False to close.
+    async fn take_budget(&mut self, n: usize, deadline: Instant) -> bool {
+        let shared_after = (self.held + n).saturating_sub(FREE_INCOMING);
+        let need = shared_after - self.held_shared;
+        if need > 0 {
+            let budget = self.shared.incoming_budget.clone();
+            let kill = self.handle.kill.clone();
+            let mut shutdown = self.shared.shutdown.clone();
+            let permit = tokio::select! {
+                p = budget.acquire_many_owned(need as u32) => p,
+                () = kill.notified() => return false,
+                _ = shutdown.changed() => return false,
+                () = tokio::time::sleep_until(deadline) => {
+                    self.shared.metrics.reject(Rejection::IdleTimeout);
+                    return false;
+                }
+            };
+            let Ok(permit) = permit else { return false };
+            permit.forget();
+            self.held_shared += need;
+        }
+        self.held += n;
+        true
     }
 
     /// Handles bytes read; false to close.
@@ -243,6 +356,11 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
             return false;
         }
         loop {
+            // A device removed or displaced meanwhile acts no further, even
+            // with frames already read.
+            if self.handle.closed.load(Ordering::Relaxed) {
+                return false;
+            }
             let payload = match self.decoder.next_frame() {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
@@ -273,34 +391,36 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
             {
                 return false;
             }
-            for after in std::mem::take(&mut self.after) {
-                match after {
-                    After::Close => return false,
-                    After::Drain => {
-                        if !self.drain().await {
-                            return false;
-                        }
-                    }
-                }
+            if !self.after.is_empty() {
+                return false;
             }
         }
         self.release_budget();
+        self.partial_since = match (self.decoder.buffered(), self.partial_since) {
+            (0, _) => None,
+            (_, Some(since)) => Some(since),
+            (_, None) => Some(Instant::now()),
+        };
         true
     }
 
     fn release_budget(&mut self) {
         let keep = self.decoder.buffered();
-        if self.held > keep {
-            self.shared.incoming_budget.add_permits(self.held - keep);
-            self.held = keep;
+        self.held = keep;
+        let keep_shared = keep.saturating_sub(FREE_INCOMING);
+        if self.held_shared > keep_shared {
+            self.shared
+                .incoming_budget
+                .add_permits(self.held_shared - keep_shared);
+            self.held_shared = keep_shared;
         }
     }
 
     /// Handles a message from another task; false to close.
     async fn control(&mut self, message: Control) -> bool {
         match message {
-            Control::Frame(bytes) => self.out.send(bytes).await.is_ok(),
-            Control::Mail(delivery) => {
+            Control::Frame(bytes, _inbox) => self.send_bytes(bytes).await,
+            Control::Mail(delivery, _inbox) => {
                 if self.drained.remove(&delivery.id) {
                     return true;
                 }
@@ -313,16 +433,19 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
         }
     }
 
-    /// Delivers the queue in order, then the marker; false to close.
-    async fn drain(&mut self) -> bool {
+    /// One step of delivering the queue in order: the stash first, then a
+    /// page from storage, as far as the outbound room allows; at the end,
+    /// the marker and a prekeys-low push. False to close.
+    async fn drain_step(&mut self) -> bool {
         let Some(me) = self.device.clone() else {
+            self.draining = None;
             return true;
         };
-        let mut after = 0;
-        loop {
+        if self.stash.is_empty() {
+            let after = self.draining.unwrap_or(0);
             let page = match self
                 .shared
-                .timed(self.shared.storage.queued(&me, after, 64))
+                .timed(self.shared.storage.queued(&me, after, DRAIN_PAGE))
                 .await
             {
                 Ok(p) => p,
@@ -332,25 +455,42 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 }
             };
             if page.is_empty() {
-                break;
+                return self.finish_drain(&me).await;
             }
             for queued in page {
-                after = after.max(queued.seq);
-                if self.drained.len() > 100_000 {
-                    self.drained.clear();
-                }
-                self.drained.insert(queued.delivery.id);
-                if !self.push(Push::Deliver(queued.delivery)).await {
-                    return false;
-                }
+                self.draining = Some(after.max(queued.seq).max(self.draining.unwrap_or(0)));
+                self.stash.push_back(queued.delivery);
             }
         }
+        while let Some(delivery) = self.stash.pop_front() {
+            let Some(bytes) = encode(&ServerFrame::Push(Push::Deliver(delivery.clone()))) else {
+                continue;
+            };
+            let cost = bytes.len().clamp(1, self.room_size) as u32;
+            let Ok(room) = self.room.clone().try_acquire_many_owned(cost) else {
+                // No room now: the rest waits for the writer.
+                self.stash.push_front(delivery);
+                return true;
+            };
+            if self.drained.len() > 100_000 {
+                self.drained.clear();
+            }
+            self.drained.insert(delivery.id);
+            if self.out.send((bytes, room)).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn finish_drain(&mut self, me: &DeviceAddress) -> bool {
+        self.draining = None;
         if !self.push(Push::QueueEmpty).await {
             return false;
         }
         match self
             .shared
-            .timed(self.shared.storage.one_time_prekey_count(&me))
+            .timed(self.shared.storage.one_time_prekey_count(me))
             .await
         {
             Ok(n) if n < self.shared.config.limits.prekeys_low_threshold => {
@@ -399,7 +539,8 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
         for id in abandoned {
             let _ = shared.blobs.abort(&id).await;
         }
-        shared.incoming_budget.add_permits(self.held);
+        shared.incoming_budget.add_permits(self.held_shared);
+        self.held_shared = 0;
         self.held = 0;
     }
 
@@ -415,7 +556,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
         for d in devices {
             let address = DeviceAddress::new(user.clone(), *d);
             if let Some(handle) = map.get(&address).filter(|h| h.id != self.id) {
-                handle.tell(Control::Frame(bytes.clone()), &self.shared.metrics);
+                handle.tell_frame(bytes.clone(), &self.shared.metrics);
             }
         }
     }
@@ -424,26 +565,28 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
         let map = lock(&self.shared.devices);
         for a in addresses {
             if let Some(handle) = map.get(a).filter(|h| h.id != self.id) {
-                handle.kill.notify_one();
+                handle.close();
             }
         }
     }
 
-    fn rate(&self, me: &DeviceAddress, fetch: bool) -> bool {
+    fn rate(&self, me: &DeviceAddress, kind: RateKind) -> bool {
         let l = &self.shared.config.limits;
         let now = self.shared.clock();
         let mut rates = lock(&self.shared.rates);
         if rates.len() > 100_000 {
-            rates.clear();
+            // Forget devices whose buckets are full again: nothing is lost.
+            rates.retain(|_, r| !r.is_full(now));
         }
         let r = rates.entry(me.clone()).or_insert_with(|| DeviceRates {
             sends: TokenBucket::new(l.sends_per_sec, l.sends_burst, now),
             fetches: TokenBucket::new(l.prekey_fetches_per_sec, l.prekey_fetches_burst, now),
+            requests: TokenBucket::new(l.requests_per_sec, l.requests_burst, now),
         });
-        if fetch {
-            r.fetches.try_take(now)
-        } else {
-            r.sends.try_take(now)
+        match kind {
+            RateKind::Send => r.sends.try_take(now),
+            RateKind::Fetch => r.fetches.try_take(now),
+            RateKind::Other => r.requests.try_take(now),
         }
     }
 
@@ -459,9 +602,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 auth_key,
                 signature,
             } => {
-                if self.device.is_some() {
-                    return refuse(ErrorCode::BadRequest, "already logged in");
-                }
+                self.may_register()?;
                 let signed = self.server_names().iter().any(|n| {
                     verify_registration(&identity, &user, &auth_key, n, &signature).is_ok()
                 });
@@ -491,9 +632,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 auth_key,
                 permission,
             } => {
-                if self.device.is_some() {
-                    return refuse(ErrorCode::BadRequest, "already logged in");
-                }
+                self.may_register()?;
                 self.register_linked(user, auth_key, permission).await
             }
             Request::OpenProvisioning => {
@@ -512,6 +651,27 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 self.handle_authenticated(me, other).await
             }
         }
+    }
+
+    /// One registration per connection, not after login, and within the
+    /// server-wide rate of new accounts and devices.
+    fn may_register(&mut self) -> Result<(), ProtocolError> {
+        if self.device.is_some() || self.registered {
+            return Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                "one registration per connection, before login",
+            ));
+        }
+        self.registered = true;
+        let now = self.shared.clock();
+        if !lock(&self.shared.registrations).try_take(now) {
+            self.shared.metrics.reject(Rejection::RegistrationRate);
+            return Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                "too many registrations; try again later",
+            ));
+        }
+        Ok(())
     }
 
     async fn authenticate(
@@ -553,7 +713,22 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
             .fetch_add(1, Ordering::Relaxed);
         let displaced = lock(&self.shared.devices).insert(device.clone(), self.handle.clone());
         if let Some(old) = displaced {
-            old.kill.notify_one();
+            old.close();
+        }
+        // A removal that committed between the lookup and the registration
+        // above could not close this connection: look again.
+        match self.shared.storage.device(&device).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                self.device = Some(device);
+                self.handle.close();
+                return refuse(ErrorCode::Unauthenticated, "unknown device");
+            }
+            Err(e) => {
+                self.device = Some(device);
+                self.handle.close();
+                return Err(internal(&e));
+            }
         }
         tracing::debug!(
             user = device.user.as_str(),
@@ -561,7 +736,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
             "logged in"
         );
         self.device = Some(device);
-        self.after.push(After::Drain);
+        self.draining = Some(0);
         Ok(Response::Authenticated {
             server_time: unix_now(),
         })
@@ -608,6 +783,14 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
     async fn handle_authenticated(&mut self, me: DeviceAddress, request: Request) -> Reply {
         let shared = self.shared.clone();
         let storage = &shared.storage;
+        let own_bucket = matches!(
+            request,
+            Request::Send { .. } | Request::FetchBundles { .. } | Request::Ack { .. }
+        );
+        if !own_bucket && !self.rate(&me, RateKind::Other) {
+            shared.metrics.reject(Rejection::RequestRate);
+            return refuse(ErrorCode::RateLimited, "too many requests");
+        }
         match request {
             Request::PublishCertificate { certificate } => {
                 let identity = match shared.timed(storage.identity(&me.user)).await {
@@ -667,6 +850,18 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                         return refuse(ErrorCode::BadRequest, "a prekey signature does not verify");
                     }
                 }
+                if !one_time.is_empty() {
+                    let have = match storage.one_time_prekey_count(&me).await {
+                        Ok(n) => n,
+                        Err(e) => return Err(internal(&e)),
+                    };
+                    if have + one_time.len() as u64 > shared.config.limits.max_one_time_prekeys {
+                        return refuse(
+                            ErrorCode::LimitReached,
+                            "the device has the most one-time prekeys the server keeps",
+                        );
+                    }
+                }
                 match shared
                     .timed(storage.publish_prekeys(
                         &me,
@@ -681,7 +876,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 }
             }
             Request::FetchBundles { user, devices } => {
-                if !self.rate(&me, true) {
+                if !self.rate(&me, RateKind::Fetch) {
                     shared.metrics.reject(Rejection::FetchRate);
                     return refuse(ErrorCode::RateLimited, "too many bundle fetches");
                 }
@@ -697,7 +892,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 recipient,
                 envelopes,
             } => {
-                if !self.rate(&me, false) {
+                if !self.rate(&me, RateKind::Send) {
                     shared.metrics.reject(Rejection::SendRate);
                     return refuse(ErrorCode::RateLimited, "too many sends");
                 }
@@ -714,7 +909,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 let token = LinkToken::random(&mut rand::rng());
                 let expires_at = unix_now() + shared.config.limits.link_permission_ttl;
                 match shared
-                    .timed(storage.add_link_permission(&me.user, &token, expires_at))
+                    .timed(storage.add_link_permission(&me, &token, expires_at))
                     .await
                 {
                     Ok(()) => Ok(Response::LinkPermission { token, expires_at }),
@@ -729,7 +924,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 let Some(bytes) = encode(&ServerFrame::Push(Push::Provisioning { sealed })) else {
                     return refuse(ErrorCode::TooLarge, "link message");
                 };
-                handle.tell(Control::Frame(bytes), &shared.metrics);
+                handle.tell_frame(bytes, &shared.metrics);
                 Ok(Response::Ok)
             }
             Request::RemoveDevice { device } => {
@@ -980,9 +1175,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
             let map = lock(&shared.devices);
             for q in queued {
                 match map.get(&q.recipient) {
-                    Some(handle) => {
-                        handle.tell(Control::Mail(Box::new(q.delivery)), &shared.metrics)
-                    }
+                    Some(handle) => handle.tell_mail(q.delivery, &shared.metrics),
                     None => offline.push(q.recipient),
                 }
             }
@@ -1029,6 +1222,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                     connection: self.id,
                     size,
                     written: 0,
+                    last_active: std::time::Instant::now(),
                 },
             );
         }
@@ -1077,6 +1271,7 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
         }
         if let Some(u) = lock(&self.shared.uploads).by_id.get_mut(&upload) {
             u.written += data.len() as u64;
+            u.last_active = std::time::Instant::now();
         }
         Ok(Response::Ok)
     }

@@ -42,7 +42,7 @@ impl TokenBucket {
     }
 
     /// Whether the bucket is full again at `now` (and may be forgotten).
-    fn is_full(&self, now: f64) -> bool {
+    pub fn is_full(&self, now: f64) -> bool {
         self.tokens + (now - self.last).max(0.0) * self.rate >= self.burst
     }
 }

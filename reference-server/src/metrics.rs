@@ -28,9 +28,13 @@ pub enum Rejection {
     FetchRate,
     /// An upload cap (size, per user or global).
     Upload,
+    /// The server-wide rate of registrations.
+    RegistrationRate,
+    /// The per-device rate of other requests.
+    RequestRate,
 }
 
-const REJECTIONS: [(Rejection, &str); 11] = [
+const REJECTIONS: [(Rejection, &str); 13] = [
     (Rejection::Connections, "connections"),
     (Rejection::PreAuthPerIp, "preauth_per_ip"),
     (Rejection::ConnectionRate, "connection_rate"),
@@ -42,6 +46,8 @@ const REJECTIONS: [(Rejection, &str); 11] = [
     (Rejection::SendRate, "send_rate"),
     (Rejection::FetchRate, "fetch_rate"),
     (Rejection::Upload, "upload"),
+    (Rejection::RegistrationRate, "registration_rate"),
+    (Rejection::RequestRate, "request_rate"),
 ];
 
 /// Latency buckets of storage calls, in seconds.
@@ -64,7 +70,7 @@ pub struct Metrics {
     pub queue_depth: AtomicU64,
     /// Push hook calls made.
     pub push_hook_calls: AtomicU64,
-    rejections: [AtomicU64; 11],
+    rejections: [AtomicU64; 13],
     latency_buckets: [AtomicU64; 10],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,

@@ -70,8 +70,11 @@ pub fn fresh_rng() -> StdRng {
     StdRng::from_seed(seed)
 }
 
+/// How long [`connect`] waits for the TCP and TLS handshakes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Opens a TCP connection to `address` (`host:port`) and completes a TLS 1.3
-/// handshake for `server_name`.
+/// handshake for `server_name`, within [`CONNECT_TIMEOUT`].
 ///
 /// # Errors
 /// [`NetError`].
@@ -80,12 +83,17 @@ pub async fn connect(
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, NetError> {
-    let tcp = TcpStream::connect(address).await?;
-    tcp.set_nodelay(true)?;
     let name = crate::tls::server_name(server_name)?;
-    Ok(tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await?)
+    let handshake = async {
+        let tcp = TcpStream::connect(address).await?;
+        tcp.set_nodelay(true)?;
+        tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+    };
+    Ok(tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| NetError::Timeout)??)
 }
 
 /// Runs a [`Registration`] on `stream` until it produces an event (call it

@@ -18,15 +18,23 @@ pub trait PushHook: Send + Sync + 'static {
     fn notify(&self, device: &DeviceAddress, token: &str);
 }
 
-/// POSTs `{"user": …, "device": …, "token": …}` to an `http://` URL, one
-/// request per call, in the background, with a 10-second timeout.
+/// POSTs `{"user": …, "device": …, "token": …}` to an `http://` URL in the
+/// background, with a 10-second timeout. At most [`MAX_IN_FLIGHT`] requests
+/// run at once and at most one per device (a device with a wake-up on its
+/// way is not woken again); calls beyond that are dropped, since a woken
+/// device fetches everything queued for it anyway.
 #[derive(Debug, Clone)]
 pub struct Webhook {
     host: String,
     authority: String,
     path: String,
     calls: Arc<std::sync::atomic::AtomicU64>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    pending: Arc<std::sync::Mutex<std::collections::HashSet<DeviceAddress>>>,
 }
+
+/// Push hook requests running at once, at most.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// Why a webhook URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +67,8 @@ impl Webhook {
             authority: authority.to_owned(),
             path: path.to_owned(),
             calls: Arc::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            pending: Arc::default(),
         })
     }
 
@@ -105,6 +115,19 @@ fn json_string(s: &str) -> String {
 
 impl PushHook for Webhook {
     fn notify(&self, device: &DeviceAddress, token: &str) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            tracing::warn!("push hook saturated; wake-up dropped");
+            return;
+        };
+        {
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !pending.insert(device.clone()) {
+                return;
+            }
+        }
         let body = format!(
             "{{\"user\":{},\"device\":{},\"token\":{}}}",
             json_string(device.user.as_str()),
@@ -112,6 +135,7 @@ impl PushHook for Webhook {
             json_string(token)
         );
         let hook = self.clone();
+        let device = device.clone();
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
@@ -120,6 +144,11 @@ impl PushHook for Webhook {
                 Ok(Err(e)) => tracing::warn!(error = %e, "push hook failed"),
                 Err(_) => tracing::warn!("push hook timed out"),
             }
+            hook.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&device);
+            drop(permit);
         });
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,7 @@ use hush::keys::DeviceAddress;
 use hush::wire::protocol::{ProvisioningAddress, UploadId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::blob::BlobStore;
@@ -29,13 +29,14 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// What another task can tell a connection.
+/// What another task can tell a connection. Each message holds room in the
+/// connection's inbox (bytes), given back when it has been handled.
 #[derive(Debug)]
 pub(crate) enum Control {
     /// An envelope was queued for this connection's device.
-    Mail(Box<hush::wire::protocol::Delivery>),
+    Mail(Box<hush::wire::protocol::Delivery>, OwnedSemaphorePermit),
     /// A frame to send as is (a push).
-    Frame(Vec<u8>),
+    Frame(Vec<u8>, OwnedSemaphorePermit),
 }
 
 /// How to reach a connection's task.
@@ -44,15 +45,52 @@ pub(crate) struct ConnHandle {
     pub(crate) id: u64,
     pub(crate) control: mpsc::Sender<Control>,
     pub(crate) kill: Arc<Notify>,
+    /// Set before `kill` fires: the connection acts no further.
+    pub(crate) closed: Arc<AtomicBool>,
+    pub(crate) inbox: Arc<Semaphore>,
+    pub(crate) inbox_size: usize,
 }
 
 impl ConnHandle {
-    /// Hands `message` to the connection; a connection whose queue is full
-    /// reads too slowly and is disconnected.
-    pub(crate) fn tell(&self, message: Control, metrics: &Metrics) {
+    /// Closes the connection (displaced, removed, or the account deleted).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.kill.notify_one();
+    }
+
+    fn room(&self, len: usize, metrics: &Metrics) -> Option<OwnedSemaphorePermit> {
+        let cost = len.clamp(1, self.inbox_size) as u32;
+        match self.inbox.clone().try_acquire_many_owned(cost) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                // The connection reads too slowly: it is closed, and what
+                // it misses waits in the queue.
+                metrics.reject(Rejection::SlowReader);
+                self.close();
+                None
+            }
+        }
+    }
+
+    fn tell(&self, message: Control, metrics: &Metrics) {
         if self.control.try_send(message).is_err() {
             metrics.reject(Rejection::SlowReader);
-            self.kill.notify_one();
+            self.close();
+        }
+    }
+
+    /// Hands a push frame to the connection.
+    pub(crate) fn tell_frame(&self, bytes: Vec<u8>, metrics: &Metrics) {
+        if let Some(room) = self.room(bytes.len(), metrics) {
+            self.tell(Control::Frame(bytes, room), metrics);
+        }
+    }
+
+    /// Hands a live envelope to the connection.
+    pub(crate) fn tell_mail(&self, delivery: hush::wire::protocol::Delivery, metrics: &Metrics) {
+        let len = delivery.envelope.message().len() + 128;
+        if let Some(room) = self.room(len, metrics) {
+            self.tell(Control::Mail(Box::new(delivery), room), metrics);
         }
     }
 }
@@ -64,6 +102,8 @@ pub(crate) struct Upload {
     pub(crate) connection: u64,
     pub(crate) size: u64,
     pub(crate) written: u64,
+    /// When a chunk last arrived (or the upload began).
+    pub(crate) last_active: Instant,
 }
 
 /// Uploads in progress, with counts per user.
@@ -91,6 +131,14 @@ impl Uploads {
 pub(crate) struct DeviceRates {
     pub(crate) sends: TokenBucket,
     pub(crate) fetches: TokenBucket,
+    pub(crate) requests: TokenBucket,
+}
+
+impl DeviceRates {
+    /// Whether every bucket is full again (the entry may be forgotten).
+    pub(crate) fn is_full(&self, now: f64) -> bool {
+        self.sends.is_full(now) && self.fetches.is_full(now) && self.requests.is_full(now)
+    }
 }
 
 /// What every connection shares.
@@ -104,6 +152,7 @@ pub(crate) struct Shared<S, B> {
     pub(crate) provisioning: Mutex<HashMap<ProvisioningAddress, ConnHandle>>,
     pub(crate) uploads: Mutex<Uploads>,
     pub(crate) rates: Mutex<HashMap<DeviceAddress, DeviceRates>>,
+    pub(crate) registrations: Mutex<TokenBucket>,
     pub(crate) ip_limits: IpLimits,
     pub(crate) incoming_budget: Arc<Semaphore>,
     pub(crate) next_conn: AtomicU64,
@@ -232,6 +281,11 @@ pub async fn start<S: Storage, B: BlobStore>(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::default());
     let limits = &config.limits;
+    let registrations = TokenBucket::new(
+        limits.registrations_per_sec,
+        limits.registrations_burst,
+        0.0,
+    );
     let shared = Arc::new(Shared {
         ip_limits: IpLimits::new(
             limits.preauth_connections_per_ip,
@@ -248,6 +302,7 @@ pub async fn start<S: Storage, B: BlobStore>(
         provisioning: Mutex::default(),
         uploads: Mutex::default(),
         rates: Mutex::default(),
+        registrations: Mutex::new(registrations),
         next_conn: AtomicU64::new(1),
         started: Instant::now(),
         shutdown: shutdown_rx,
@@ -333,10 +388,18 @@ async fn accept_loop<S: Storage, B: BlobStore>(
     }
 }
 
-/// IPv4-mapped IPv6 addresses count as the IPv4 address.
+/// The address per-IP limits count by: an IPv4-mapped IPv6 address as the
+/// IPv4 address, any other IPv6 address by its /64 (one host usually has a
+/// whole /64 to pick addresses from).
 fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
         v4 => v4,
     }
 }
@@ -370,6 +433,24 @@ async fn housekeeping<S: Storage, B: BlobStore>(shared: Arc<Shared<S, B>>) {
     let mut shutdown = shared.shutdown.clone();
     let mut last_purge = Instant::now();
     loop {
+        // Uploads left idle give their slot back (their partial file goes too).
+        let idle = Duration::from_secs(shared.config.limits.upload_idle_timeout);
+        let stale: Vec<UploadId> = {
+            let mut uploads = lock(&shared.uploads);
+            let ids: Vec<UploadId> = uploads
+                .by_id
+                .iter()
+                .filter(|(_, u)| u.last_active.elapsed() >= idle)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &ids {
+                uploads.remove(id);
+            }
+            ids
+        };
+        for id in stale {
+            let _ = shared.blobs.abort(&id).await;
+        }
         if let Ok(depth) = shared.timed(shared.storage.queue_depth()).await {
             shared.metrics.queue_depth.store(depth, Ordering::Relaxed);
         }

@@ -167,13 +167,15 @@ pub trait Storage: Send + Sync + 'static {
         user: &UserId,
     ) -> impl Future<Output = Result<Option<IdentityKey>, StorageError>> + Send;
 
-    /// Stores a single-use permission to link a device to `user`'s account.
+    /// Stores a single-use permission to link a device to the account of
+    /// `issuer`, the device that asked for it. The permission is revoked
+    /// with that device (removed, or its account's identity replaced).
     ///
     /// # Errors
-    /// [`StorageError::NoSuchUser`].
+    /// [`StorageError::NoSuchDevice`] if the issuer does not exist (any more).
     fn add_link_permission(
         &self,
-        user: &UserId,
+        issuer: &DeviceAddress,
         token: &LinkToken,
         expires_at: u64,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
@@ -397,11 +399,11 @@ impl Storage for AnyStorage {
 
     async fn add_link_permission(
         &self,
-        user: &UserId,
+        issuer: &DeviceAddress,
         token: &LinkToken,
         expires_at: u64,
     ) -> Result<(), StorageError> {
-        delegate!(self.add_link_permission(user, token, expires_at))
+        delegate!(self.add_link_permission(issuer, token, expires_at))
     }
 
     async fn add_linked_device(

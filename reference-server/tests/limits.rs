@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{Backend, NAME, Raw, TestServer};
-use hush::keys::{DeviceAddress, DeviceAuthKeyPair, IdentityKeyPair, UserId};
+use hush::keys::{DeviceAddress, DeviceAuthKeyPair, DeviceId, IdentityKeyPair, UserId};
 use hush::session::SessionMessage;
 use hush::wire::envelope::Envelope;
 use hush::wire::frame::encode_frame;
@@ -34,6 +34,27 @@ async fn start(tweak: impl FnOnce(&mut hush_server::Config)) -> TestServer {
 /// Registers an account, logs in, and publishes a certificate (so others
 /// may send to it).
 async fn account(server: &TestServer, name: &str) -> (Raw, DeviceAddress) {
+    let (raw, address, _) = account_with_key(server, name).await;
+    (raw, address)
+}
+
+async fn login(server: &TestServer, address: &DeviceAddress, auth: &DeviceAuthKeyPair) -> Raw {
+    let mut raw = server.raw().await;
+    let nonce = raw.nonce.unwrap();
+    let answer = raw
+        .request(Request::Authenticate {
+            device: address.clone(),
+            signature: sign_auth(auth, &nonce, NAME),
+        })
+        .await;
+    assert!(matches!(answer, Ok(Response::Authenticated { .. })));
+    raw
+}
+
+async fn account_with_key(
+    server: &TestServer,
+    name: &str,
+) -> (Raw, DeviceAddress, DeviceAuthKeyPair) {
     let mut rng = fresh_rng();
     let identity = IdentityKeyPair::generate(&mut rng);
     let auth = DeviceAuthKeyPair::generate(&mut rng);
@@ -66,7 +87,7 @@ async fn account(server: &TestServer, name: &str) -> (Raw, DeviceAddress) {
             .await,
         Ok(Response::Ok)
     );
-    (raw, address)
+    (raw, address, auth)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,46 +204,63 @@ async fn a_reader_that_falls_behind_is_disconnected_without_stalling_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_pause_while_the_incoming_budget_is_spent() {
     let server = start(|c| {
-        c.limits.max_frame_len = 30_000;
-        c.limits.incoming_buffer_bytes = 60_000;
+        c.limits.max_frame_len = 200_000;
+        c.limits.incoming_buffer_bytes = 400_000;
     })
     .await;
-    // Two connections each send all but one byte of a frame: together more
-    // than the budget, so the second one's reads wait, and every later read
-    // waits behind it (the budget serves readers in order).
+    // Three connections each send all but one byte of a large frame: beyond
+    // each one's free 64 KiB, together more than the shared budget, so the
+    // third one's reads wait, and large reads of others wait behind it.
     let (mut a, _) = account(&server, "a").await;
     let (mut b, _) = account(&server, "b").await;
-    let (mut c, _) = account(&server, "c").await;
-    let mut partial = (29_999u32).to_be_bytes().to_vec();
-    partial.extend(std::iter::repeat_n(0u8, 29_998));
-    a.write(&partial).await.unwrap();
-    b.write(&partial).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // A third connection's ping is not read while the budget is spent...
-    let ping = ClientFrame {
+    let (mut d, _) = account(&server, "d").await;
+    let (mut c, c_address) = account(&server, "c").await;
+    let (mut e, _) = account(&server, "e").await;
+    let mut partial = (199_999u32).to_be_bytes().to_vec();
+    partial.extend(std::iter::repeat_n(0u8, 199_998));
+    for holder in [&mut a, &mut b, &mut d] {
+        holder.write(&partial).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A large request (a send of a 100 KB envelope) is not read while the
+    // budget is spent...
+    let mut message = vec![SessionMessage::TAG_NORMAL];
+    message.extend(std::iter::repeat_n(1u8, 100_000));
+    let envelope = Envelope::new(c_address.clone(), message).unwrap();
+    let send = ClientFrame {
         id: 77,
-        request: Request::Ping,
+        request: Request::Send {
+            recipient: UserId::new("nobody").unwrap(),
+            envelopes: vec![(DeviceId(1), envelope)],
+        },
     };
-    c.write(&encode_frame(&ping.to_payload(), 30_000).unwrap())
+    c.write(&encode_frame(&send.to_payload(), 200_000).unwrap())
         .await
         .unwrap();
-    let mut buf = [0u8; 64];
-    let early = tokio::time::timeout(Duration::from_millis(500), c.stream.read(&mut buf)).await;
-    assert!(early.is_err(), "answered although the budget was spent");
-    // ...and is answered once a holder goes away and frees its share.
+    let answer_77 = async |c: &mut Raw| loop {
+        match c.next_frame().await {
+            Some(hush::wire::protocol::ServerFrame::Response { id: 77, result }) => {
+                return Some(result);
+            }
+            Some(_) => continue,
+            None => return None,
+        }
+    };
+    let early = tokio::time::timeout(Duration::from_millis(500), answer_77(&mut c)).await;
+    assert!(
+        early.is_err(),
+        "answered although the budget was spent: {early:?}"
+    );
+    // ...while small requests still are (each connection's free allowance)...
+    assert_eq!(e.request(Request::Ping).await, Ok(Response::Pong));
+    // ...and it is answered once a holder goes away and frees its share.
     a.stream.shutdown().await.unwrap();
     drop(a);
-    let answer = tokio::time::timeout(Duration::from_secs(10), c.next_frame())
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer_77(&mut c))
         .await
         .expect("answered after the budget was freed");
-    assert!(matches!(
-        answer,
-        Some(hush::wire::protocol::ServerFrame::Response {
-            id: 77,
-            result: Ok(Response::Pong)
-        })
-    ));
-    drop(b);
+    assert!(matches!(answer, Some(Err(_))), "{answer:?}");
+    drop((b, d));
     server.finish().await;
 }
 
@@ -308,5 +346,69 @@ async fn a_newer_connection_of_a_device_displaces_the_older_one() {
     let mut second = login().await;
     assert!(first.closed().await, "the older connection is closed");
     assert_eq!(second.request(Request::Ping).await, Ok(Response::Pong));
+    server.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_backlog_is_delivered_while_the_device_keeps_talking() {
+    let server = start(|c| {
+        c.limits.idle_timeout = 1;
+        c.limits.outbound_queue_bytes = 2 << 20;
+    })
+    .await;
+    let (mut sender, sender_address) = account(&server, "sender").await;
+    let (offline, address, auth) = account_with_key(&server, "offline").await;
+    drop(offline);
+    let mut message = vec![SessionMessage::TAG_NORMAL];
+    message.extend(std::iter::repeat_n(3u8, 200_000));
+    let envelope = Envelope::new(sender_address, message).unwrap();
+    for _ in 0..40 {
+        let answer = sender
+            .request(Request::Send {
+                recipient: address.user.clone(),
+                envelopes: vec![(address.device, envelope.clone())],
+            })
+            .await;
+        assert!(matches!(answer, Ok(Response::Sent { .. })), "{answer:?}");
+    }
+    // 8 MB of backlog through 2 MiB of outbound room, read slowly, with
+    // pings (and acks) answered all along: more than the idle timeout in all.
+    let mut raw = login(&server, &address, &auth).await;
+    let mut acked = 0;
+    for _ in 0..200 {
+        assert_eq!(raw.request(Request::Ping).await, Ok(Response::Pong));
+        let ids: Vec<_> = raw
+            .pushes
+            .iter()
+            .filter_map(|p| match p {
+                hush::wire::protocol::Push::Deliver(d) => Some(d.id),
+                _ => None,
+            })
+            .skip(acked)
+            .collect();
+        if !ids.is_empty() {
+            acked += ids.len();
+            assert_eq!(
+                raw.request(Request::Ack { envelopes: ids }).await,
+                Ok(Response::Ok)
+            );
+        }
+        if raw
+            .pushes
+            .iter()
+            .any(|p| matches!(p, hush::wire::protocol::Push::QueueEmpty))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(acked, 40);
+    assert!(
+        raw.pushes
+            .iter()
+            .any(|p| matches!(p, hush::wire::protocol::Push::QueueEmpty))
+    );
+    // The device talked all along: it is still connected.
+    assert_eq!(raw.request(Request::Ping).await, Ok(Response::Pong));
     server.finish().await;
 }

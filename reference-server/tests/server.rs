@@ -375,8 +375,15 @@ async fn devices_need_valid_certificates_and_single_use_links(backend: Backend) 
         panic!("not registered")
     };
     assert_ne!(device2, address.device);
+    // One registration per connection.
+    assert_eq!(
+        code(&raw.request(register.clone()).await),
+        Some(ErrorCode::BadRequest)
+    );
     // The permission was single use; an invented one never worked.
+    let mut raw = server.raw().await;
     assert_eq!(code(&raw.request(register).await), Some(ErrorCode::Expired));
+    let mut raw = server.raw().await;
     let invented = raw
         .request(Request::RegisterLinkedDevice {
             user: address.user.clone(),

@@ -125,7 +125,10 @@ impl TestDb for MysqlDb {
     async fn fresh() -> Option<Self> {
         let database = TempDatabase::create(server_url()?).await;
         let storage = MysqlStorage::connect(&database.url(), 10).await.unwrap();
-        assert_eq!(storage.migrate().await.unwrap(), 1);
+        assert_eq!(
+            storage.migrate().await.unwrap(),
+            conformance::SCHEMA_VERSION
+        );
         Some(Self {
             storage: Arc::new(storage),
             database,
@@ -183,7 +186,7 @@ async fn a_newer_schema_is_refused() {
     conn.disconnect().await.unwrap();
     match db.storage.migrate().await {
         Err(StorageError::SchemaTooNew { found, known }) => {
-            assert_eq!((found, known), (99, 1));
+            assert_eq!((found, known), (99, conformance::SCHEMA_VERSION));
         }
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }

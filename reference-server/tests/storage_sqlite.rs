@@ -34,7 +34,10 @@ impl TestDb for SqliteDb {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hush.db");
         let storage = SqliteStorage::open(&path).unwrap();
-        assert_eq!(storage.migrate().await.unwrap(), 1);
+        assert_eq!(
+            storage.migrate().await.unwrap(),
+            conformance::SCHEMA_VERSION
+        );
         Some(Self {
             storage: Arc::new(storage),
             path,
@@ -85,14 +88,20 @@ async fn the_file_is_in_wal_mode_with_full_sync() {
 #[tokio::test]
 async fn an_in_memory_database_works() {
     let storage = SqliteStorage::open_in_memory().unwrap();
-    assert_eq!(storage.migrate().await.unwrap(), 1);
+    assert_eq!(
+        storage.migrate().await.unwrap(),
+        conformance::SCHEMA_VERSION
+    );
     let mut keys = Keys::new(100);
     let alice = account(&storage, &mut keys, "alice").await;
     assert_eq!(
         storage.identity(&alice.user).await.unwrap(),
         Some(alice.identity.public_key())
     );
-    assert_eq!(storage.migrate().await.unwrap(), 1);
+    assert_eq!(
+        storage.migrate().await.unwrap(),
+        conformance::SCHEMA_VERSION
+    );
 }
 
 #[tokio::test]
@@ -106,7 +115,7 @@ async fn a_newer_schema_is_refused() {
         .unwrap();
     match db.storage.migrate().await {
         Err(StorageError::SchemaTooNew { found, known }) => {
-            assert_eq!((found, known), (99, 1));
+            assert_eq!((found, known), (99, conformance::SCHEMA_VERSION));
         }
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }

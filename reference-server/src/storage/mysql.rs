@@ -37,7 +37,10 @@ use super::{
 };
 
 /// The embedded migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/mysql/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/mysql/0001_init.sql"),
+    include_str!("migrations/mysql/0002_link_permission_issuer.sql"),
+];
 
 /// The advisory lock that keeps two servers from migrating one database at
 /// once. Locks are server-wide, so the name includes (a hash of) the
@@ -56,8 +59,6 @@ const ACK_CHUNK: usize = 256;
 
 /// `ER_DUP_ENTRY`.
 const DUPLICATE_KEY: u16 = 1062;
-/// `ER_NO_REFERENCED_ROW_2`: a foreign key names no row.
-const NO_REFERENCED_ROW: u16 = 1452;
 /// `ER_LOCK_DEADLOCK`.
 const DEADLOCK: u16 = 1213;
 
@@ -370,20 +371,26 @@ impl Storage for MysqlStorage {
 
     async fn add_link_permission(
         &self,
-        user: &UserId,
+        issuer: &DeviceAddress,
         token: &LinkToken,
         expires_at: u64,
     ) -> Result<(), StorageError> {
-        // The foreign key refuses a permission for an unknown account.
-        let inserted = self
-            .conn()
-            .await?
-            .exec_drop(
-                "INSERT INTO link_permissions (token, user_id, expires_at) VALUES (?, ?, ?)",
-                (token.0.as_slice(), user_bytes(user), expires_at),
-            )
-            .await;
-        map_server_error(inserted, NO_REFERENCED_ROW, StorageError::NoSuchUser)
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "INSERT INTO link_permissions (token, user_id, issuer_device, expires_at)
+             SELECT ?, user_id, device_id, ? FROM devices WHERE user_id = ? AND device_id = ?",
+            (
+                token.0.as_slice(),
+                expires_at,
+                user_bytes(&issuer.user),
+                issuer.device.0,
+            ),
+        )
+        .await?;
+        if conn.affected_rows() == 0 {
+            return Err(StorageError::NoSuchDevice);
+        }
+        Ok(())
     }
 
     async fn add_linked_device(

@@ -30,7 +30,10 @@ use super::{
 };
 
 /// The embedded migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite/0001_init.sql"),
+    include_str!("migrations/sqlite/0002_link_permission_issuer.sql"),
+];
 
 /// How many read-only connections a file database keeps.
 const READERS: usize = 4;
@@ -330,19 +333,25 @@ impl Storage for SqliteStorage {
 
     fn add_link_permission(
         &self,
-        user: &UserId,
+        issuer: &DeviceAddress,
         token: &LinkToken,
         expires_at: u64,
     ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        let (user, token) = (user.clone(), *token);
+        let (issuer, token) = (issuer.clone(), *token);
         self.write(move |tx| {
             let inserted = tx.execute(
-                "INSERT INTO link_permissions (token, user_id, expires_at)
-                 SELECT ?1, user_id, ?3 FROM accounts WHERE user_id = ?2",
-                (token.0.as_slice(), user.as_str(), int(expires_at)),
+                "INSERT INTO link_permissions (token, user_id, issuer_device, expires_at)
+                 SELECT ?1, user_id, device_id, ?4 FROM devices
+                 WHERE user_id = ?2 AND device_id = ?3",
+                (
+                    token.0.as_slice(),
+                    issuer.user.as_str(),
+                    issuer.device.0,
+                    int(expires_at),
+                ),
             )?;
             if inserted == 0 {
-                return Err(StorageError::NoSuchUser);
+                return Err(StorageError::NoSuchDevice);
             }
             Ok(())
         })

@@ -44,6 +44,9 @@ pub(crate) trait TestDb: Sized {
     fn close(self) -> impl Future<Output = ()>;
 }
 
+/// The schema version the embedded migrations reach.
+pub(crate) const SCHEMA_VERSION: u32 = 2;
+
 /// Declares one `#[tokio::test]` per conformance case for the [`TestDb`]
 /// `$db`.
 macro_rules! conformance_tests {
@@ -54,6 +57,7 @@ macro_rules! conformance_tests {
             link_permissions_work_once,
             link_permissions_expire,
             link_permissions_belong_to_one_account,
+            link_permissions_die_with_their_device,
             the_device_limit_keeps_the_permission,
             device_ids_are_never_reused,
             certificates_are_stored,
@@ -253,7 +257,9 @@ pub(crate) async fn account<S: Storage>(s: &S, keys: &mut Keys, name: &str) -> A
 /// Links one more device to `account`.
 pub(crate) async fn link<S: Storage>(s: &S, keys: &mut Keys, account: &Account) -> DeviceId {
     let token = keys.token();
-    s.add_link_permission(&account.user, &token, NOW + LINK_TTL)
+    // Asked for by a device the account still has.
+    let issuer = s.devices(&account.user).await.unwrap()[0].device;
+    s.add_link_permission(&account.device(issuer.0), &token, NOW + LINK_TTL)
         .await
         .unwrap();
     let auth = DeviceAuthKeyPair::generate(&mut keys.rng).public_key();
@@ -382,12 +388,16 @@ pub(crate) async fn link_permissions_work_once<S: Storage>(s: &S) {
     let mut keys = Keys::new(3);
     let token = keys.token();
     assert!(matches!(
-        s.add_link_permission(&user("nobody"), &token, NOW + LINK_TTL)
-            .await,
-        Err(StorageError::NoSuchUser)
+        s.add_link_permission(
+            &DeviceAddress::new(user("nobody"), DeviceId(1)),
+            &token,
+            NOW + LINK_TTL
+        )
+        .await,
+        Err(StorageError::NoSuchDevice)
     ));
     let alice = account(s, &mut keys, "alice").await;
-    s.add_link_permission(&alice.user, &token, NOW + LINK_TTL)
+    s.add_link_permission(&alice.device(1), &token, NOW + LINK_TTL)
         .await
         .unwrap();
     let auth = DeviceAuthKeyPair::generate(&mut keys.rng).public_key();
@@ -423,7 +433,7 @@ pub(crate) async fn link_permissions_expire<S: Storage>(s: &S) {
     let alice = account(s, &mut keys, "alice").await;
     let token = keys.token();
     let expires_at = NOW + LINK_TTL;
-    s.add_link_permission(&alice.user, &token, expires_at)
+    s.add_link_permission(&alice.device(1), &token, expires_at)
         .await
         .unwrap();
     let auth = DeviceAuthKeyPair::generate(&mut keys.rng).public_key();
@@ -448,7 +458,7 @@ pub(crate) async fn link_permissions_belong_to_one_account<S: Storage>(s: &S) {
     let alice = account(s, &mut keys, "alice").await;
     let bob = account(s, &mut keys, "bob").await;
     let token = keys.token();
-    s.add_link_permission(&alice.user, &token, NOW + LINK_TTL)
+    s.add_link_permission(&alice.device(1), &token, NOW + LINK_TTL)
         .await
         .unwrap();
     let auth = DeviceAuthKeyPair::generate(&mut keys.rng).public_key();
@@ -466,13 +476,37 @@ pub(crate) async fn link_permissions_belong_to_one_account<S: Storage>(s: &S) {
     );
 }
 
+/// A permission is revoked with the device that asked for it, and a device
+/// that is gone cannot ask.
+pub(crate) async fn link_permissions_die_with_their_device<S: Storage>(s: &S) {
+    let mut keys = Keys::new(11);
+    let alice = account(s, &mut keys, "alice").await;
+    let second = link(s, &mut keys, &alice).await;
+    let token = keys.token();
+    s.add_link_permission(&alice.device(second.0), &token, NOW + LINK_TTL)
+        .await
+        .unwrap();
+    assert!(s.remove_device(&alice.device(second.0)).await.unwrap());
+    let auth = DeviceAuthKeyPair::generate(&mut keys.rng).public_key();
+    assert!(matches!(
+        s.add_linked_device(&alice.user, &token, &auth, 6, NOW)
+            .await,
+        Err(StorageError::PermissionInvalid)
+    ));
+    assert!(matches!(
+        s.add_link_permission(&alice.device(second.0), &keys.token(), NOW + LINK_TTL)
+            .await,
+        Err(StorageError::NoSuchDevice)
+    ));
+}
+
 /// At the device limit a link is refused and the permission kept.
 pub(crate) async fn the_device_limit_keeps_the_permission<S: Storage>(s: &S) {
     let mut keys = Keys::new(6);
     let alice = account(s, &mut keys, "alice").await;
     link(s, &mut keys, &alice).await;
     let token = keys.token();
-    s.add_link_permission(&alice.user, &token, NOW + LINK_TTL)
+    s.add_link_permission(&alice.device(1), &token, NOW + LINK_TTL)
         .await
         .unwrap();
     let auth = DeviceAuthKeyPair::generate(&mut keys.rng).public_key();
@@ -594,7 +628,7 @@ pub(crate) async fn replacing_the_identity_keeps_one_device<S: Storage>(s: &S) {
     let lost = keys.new_envelope(&alice.device(3), &bob.device(1), NOW);
     s.enqueue(&[queued.clone(), lost]).await.unwrap();
     let pending = keys.token();
-    s.add_link_permission(&alice.user, &pending, NOW + LINK_TTL)
+    s.add_link_permission(&alice.device(1), &pending, NOW + LINK_TTL)
         .await
         .unwrap();
     let old_identity = alice.identity.public_key();
@@ -659,7 +693,7 @@ pub(crate) async fn deleting_an_account_removes_everything<S: Storage>(s: &S) {
     ];
     s.enqueue(&batch).await.unwrap();
     let pending = keys.token();
-    s.add_link_permission(&alice.user, &pending, NOW + LINK_TTL)
+    s.add_link_permission(&alice.device(1), &pending, NOW + LINK_TTL)
         .await
         .unwrap();
     let mut alices_blobs = BTreeSet::new();

@@ -11,6 +11,10 @@ use thiserror::Error;
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
 
+/// Buffer capacity a decoder keeps between frames; a larger buffer, left by
+/// a large frame, is freed once that frame has been taken.
+const RETAINED_CAPACITY: usize = 64 * 1024;
+
 /// Why the byte stream could not be split into frames.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -111,8 +115,13 @@ impl FrameDecoder {
             return Err(FrameError::Poisoned);
         }
         if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
             self.start = 0;
+            if self.buf.capacity() > RETAINED_CAPACITY {
+                // A large frame is done: give its memory back.
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
         }
         self.buf.extend_from_slice(bytes);
         self.check_pending()
