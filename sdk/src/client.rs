@@ -275,10 +275,14 @@ impl<S: Store> Client<S> {
     /// # Errors
     /// [`ClientError::ServerName`] for a name that is not a DNS name or IP literal.
     pub fn new(
-        manager: SessionManager<S>,
+        mut manager: SessionManager<S>,
         server_name: &str,
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
+        // The server protocol does not carry PQ prekeys yet (its next version
+        // will), so the bundles it hands out are classical: until then the
+        // client opts in to the classical X3DH fallback explicitly.
+        manager.set_classical_fallback(crate::x3dh::ClassicalFallback::Allow);
         Ok(Self {
             manager,
             server_name: canonical_server_name(server_name)?,

@@ -32,6 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod pq_prekey;
 mod prekey;
 
 use std::fmt;
@@ -45,6 +46,11 @@ use zeroize::Zeroize;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::secret::Secret32;
 
+pub use pq_prekey::{
+    KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemCiphertext, KemPublicKey, PqPreKeyKind,
+    SignedPqPreKey,
+};
+pub(crate) use pq_prekey::{KemSeed, PqPreKeySecret, PqPreKeyState};
 pub(crate) use prekey::PreKeyState;
 pub use prekey::{OneTimePreKey, PreKeyBundle, PreKeyId, PreKeyKind, PreKeySettings, SignedPreKey};
 
@@ -257,6 +263,50 @@ pub(crate) mod bytes64 {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         d.deserialize_bytes(Bytes64)
+    }
+}
+
+/// Deserializes a byte string of any length, from borrowed bytes, owned
+/// bytes or a sequence (self-describing formats).
+pub(crate) mod byte_vec {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{self, SeqAccess, Visitor};
+
+    /// Larger than any key or ciphertext Hush decodes this way.
+    const MAX: usize = 4096;
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            if v.len() > MAX {
+                return Err(E::invalid_length(v.len(), &self));
+            }
+            Ok(v.to_vec())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = seq.next_element::<u8>()? {
+                if out.len() == MAX {
+                    return Err(de::Error::invalid_length(MAX + 1, &self));
+                }
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_bytes(Bytes)
     }
 }
 

@@ -51,17 +51,20 @@ use thiserror::Error;
 
 use crate::codec::DecodeError;
 use crate::fingerprint::SafetyNumber;
+use sha2::{Digest, Sha256};
+
 use crate::keys::{
     DeviceAddress, DeviceAuthKeyPair, DeviceCertificate, DeviceId, IdentityKey, IdentityKeyPair,
-    KeyError, OneTimePreKey, PreKeyBundle, PreKeyId, PreKeyKind, PreKeySettings, PreKeyState,
-    UserId, X25519PublicKey, generate_x25519,
+    KemCiphertext, KemSeed, KeyError, OneTimePreKey, PqPreKeyKind, PqPreKeySecret, PqPreKeyState,
+    PreKeyBundle, PreKeyId, PreKeyKind, PreKeySettings, PreKeyState, SignedPqPreKey, UserId,
+    X25519PublicKey, generate_x25519,
 };
 use crate::ratchet::RatchetError;
 use crate::secret::Secret32;
 use crate::session::{PeerSessions, Session, SessionMessage, SessionState};
 use crate::store::vault::{CHECK_ROW, Vault};
 use crate::store::{Batch, StorageKey, Store, StoreError, Table};
-use crate::x3dh::{self, InitialHeader, PreKeyChoice, X3dhError};
+use crate::x3dh::{self, ClassicalFallback, InitialHeader, PreKeyChoice, X3dhError};
 
 /// One-time prekeys generated per call, at most (the server's upload cap).
 pub const MAX_ONE_TIME_PREKEYS_PER_BATCH: usize = 100;
@@ -108,7 +111,13 @@ pub enum Error {
     /// The last-resort prekey is unknown or past its grace period.
     #[error("unknown last-resort prekey {0:?}")]
     UnknownLastResortPreKey(PreKeyId),
-    /// An initial message on the last-resort prekey was replayed.
+    /// The PQ one-time prekey is unknown or was already used.
+    #[error("unknown or already used PQ one-time prekey {0:?}")]
+    UnknownPqOneTimePreKey(PreKeyId),
+    /// The PQ last-resort prekey is unknown or past its grace period.
+    #[error("unknown PQ last-resort prekey {0:?}")]
+    UnknownPqLastResortPreKey(PreKeyId),
+    /// An initial message on a last-resort prekey was replayed.
     #[error("replayed initial message")]
     ReplayedInitialMessage,
     /// Too many one-time prekeys requested at once.
@@ -237,6 +246,12 @@ struct OneTimeRecord {
 }
 
 #[derive(Serialize, Deserialize)]
+struct PqOneTimeRecord {
+    id: PreKeyId,
+    seed: KemSeed,
+}
+
+#[derive(Serialize, Deserialize)]
 struct IdentityRecord {
     user: UserId,
     identity: IdentityKey,
@@ -260,6 +275,9 @@ struct ProcessedRecord {
 }
 
 const ACCOUNT_ROW: &[u8] = b"account";
+/// The PQ last-resort prekeys, in their own row of [`Table::Account`] so that
+/// account records written before PQXDH read unchanged.
+const PQ_PREKEYS_ROW: &[u8] = b"pq-prekeys";
 
 /// One device's end-to-end state over a [`Store`].
 pub struct SessionManager<S: Store> {
@@ -269,6 +287,8 @@ pub struct SessionManager<S: Store> {
     auth: DeviceAuthKeyPair,
     certificate: DeviceCertificate,
     prekeys: PreKeyState,
+    pq_prekeys: PqPreKeyState,
+    fallback: ClassicalFallback,
 }
 
 impl<S: Store> std::fmt::Debug for SessionManager<S> {
@@ -307,6 +327,23 @@ fn replay_id(last_resort: PreKeyId, base_key: &X25519PublicKey) -> Vec<u8> {
     id
 }
 
+/// The replay-cache id of a KEM ciphertext used with a PQ last-resort prekey:
+/// `"pq" || id || SHA-256(ciphertext)` (never the length of a classical id).
+fn pq_replay_id(last_resort: PreKeyId, ciphertext: &KemCiphertext) -> Vec<u8> {
+    let mut id = b"pq".to_vec();
+    id.extend_from_slice(&last_resort.0.to_be_bytes());
+    id.extend_from_slice(&Sha256::digest(ciphertext.as_bytes()));
+    id
+}
+
+/// The row id of a private PQ one-time prekey: `"pq" || id` (a classical
+/// one-time prekey's row id is the 4-byte id alone).
+fn pq_one_time_id(id: PreKeyId) -> Vec<u8> {
+    let mut row = b"pq".to_vec();
+    row.extend_from_slice(&id.0.to_be_bytes());
+    row
+}
+
 impl<S: Store> SessionManager<S> {
     /// Creates a device in an empty store: `identity` is the account identity
     /// (new for a first device, received through linking otherwise) and
@@ -336,7 +373,10 @@ impl<S: Store> SessionManager<S> {
         }
         let vault = Vault::new(storage_key);
         let certificate = identity.certify_device(&user, device, &auth.public_key(), now);
-        let prekeys = PreKeyState::new(rng, &identity, certificate.address(), settings, now);
+        let mut prekeys = PreKeyState::new(rng, &identity, certificate.address(), settings, now);
+        let mut pq_prekeys = PqPreKeyState::default();
+        let id = prekeys.take_id();
+        pq_prekeys.add(rng, &identity, certificate.address(), id, now);
         let mut this = Self {
             store,
             vault,
@@ -344,12 +384,15 @@ impl<S: Store> SessionManager<S> {
             auth,
             certificate,
             prekeys,
+            pq_prekeys,
+            fallback: ClassicalFallback::default(),
         };
         let mut changes = this.changes(rng);
         changes
             .batch
             .put(Table::Meta, CHECK_ROW.to_vec(), this.vault.check_value());
         changes.put(Table::Account, ACCOUNT_ROW, &this.account_record())?;
+        changes.put(Table::Account, PQ_PREKEYS_ROW, &this.pq_prekeys)?;
         let batch = changes.batch;
         this.store.apply(batch)?;
         Ok(this)
@@ -373,6 +416,13 @@ impl<S: Store> SessionManager<S> {
             .get(Table::Account, &row)?
             .ok_or(StoreError::Corrupted(Table::Account))?;
         let record: AccountRecord = vault.open(Table::Account, &row, &sealed)?;
+        // A store written before PQXDH has no PQ prekeys yet; the next
+        // `rotate_prekeys` makes the first one.
+        let pq_row = vault.row_key(Table::Account, PQ_PREKEYS_ROW);
+        let pq_prekeys = match store.get(Table::Account, &pq_row)? {
+            Some(sealed) => vault.open(Table::Account, &pq_row, &sealed)?,
+            None => PqPreKeyState::default(),
+        };
         Ok(Self {
             store,
             vault,
@@ -380,7 +430,23 @@ impl<S: Store> SessionManager<S> {
             auth: DeviceAuthKeyPair::from_seed(&record.auth_seed),
             certificate: record.certificate,
             prekeys: record.prekeys,
+            pq_prekeys,
+            fallback: ClassicalFallback::default(),
         })
+    }
+
+    /// Whether [`Self::start_session`] may use classical X3DH with a bundle
+    /// that has no PQ prekey. The default, [`ClassicalFallback::Refuse`],
+    /// refuses such a bundle with [`X3dhError::NoPqPreKey`]. This setting is
+    /// not persisted: it is [`ClassicalFallback::Refuse`] after every
+    /// [`Self::open`].
+    pub fn set_classical_fallback(&mut self, fallback: ClassicalFallback) {
+        self.fallback = fallback;
+    }
+
+    /// The current classical-fallback setting.
+    pub fn classical_fallback(&self) -> ClassicalFallback {
+        self.fallback
     }
 
     /// Gives the store back.
@@ -444,8 +510,11 @@ impl<S: Store> SessionManager<S> {
         &self.auth
     }
 
-    /// The current signed and last-resort prekeys and the certificate, as a
-    /// bundle without a one-time prekey (the server adds one per fetch).
+    /// The current signed, last-resort and PQ last-resort prekeys and the
+    /// certificate, as a bundle without a one-time prekey (the server adds one
+    /// per fetch, and replaces the PQ last-resort prekey by a PQ one-time
+    /// prekey while it has one). The PQ prekey is `None` only for a store
+    /// written before PQXDH until [`Self::rotate_prekeys`] runs.
     ///
     /// # Errors
     /// [`StoreError::Corrupted`] if the account lacks a current prekey (it
@@ -463,7 +532,58 @@ impl<S: Store> SessionManager<S> {
             signed_prekey: current(PreKeyKind::Signed)?,
             last_resort_prekey: current(PreKeyKind::LastResort)?,
             one_time_prekey: None,
+            pq_prekey: self.pq_prekeys.current().cloned(),
         })
+    }
+
+    /// Makes `count` signed ML-KEM-1024 one-time prekeys (at most
+    /// [`MAX_ONE_TIME_PREKEYS_PER_BATCH`]), stores their private seeds and
+    /// returns the public halves to upload. `now` is their signed creation time.
+    ///
+    /// # Errors
+    /// [`Error::TooManyPreKeys`] or a store error.
+    pub fn generate_pq_one_time_prekeys<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        count: usize,
+        now: u64,
+    ) -> Result<Vec<SignedPqPreKey>, Error> {
+        if count > MAX_ONE_TIME_PREKEYS_PER_BATCH {
+            return Err(Error::TooManyPreKeys {
+                max: MAX_ONE_TIME_PREKEYS_PER_BATCH,
+            });
+        }
+        let mut prekeys = self.prekeys.clone();
+        let address = self.address().clone();
+        let mut records = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = prekeys.take_id();
+            records.push(PqPreKeySecret::generate(
+                rng,
+                &self.identity,
+                &address,
+                PqPreKeyKind::OneTime,
+                id,
+                now,
+            ));
+        }
+        let account = AccountRecord {
+            prekeys: prekeys.clone(),
+            ..self.account_record()
+        };
+        let mut changes = self.changes(rng);
+        for k in &records {
+            let record = PqOneTimeRecord {
+                id: k.public.id(),
+                seed: k.seed.clone(),
+            };
+            changes.put(Table::OneTimePreKeys, &pq_one_time_id(record.id), &record)?;
+        }
+        changes.put(Table::Account, ACCOUNT_ROW, &account)?;
+        let batch = changes.batch;
+        self.store.apply(batch)?;
+        self.prekeys = prekeys;
+        Ok(records.into_iter().map(|k| k.public).collect())
     }
 
     /// Makes `count` one-time prekeys (at most [`MAX_ONE_TIME_PREKEYS_PER_BATCH`]),
@@ -517,14 +637,23 @@ impl<S: Store> SessionManager<S> {
         now: u64,
     ) -> Result<bool, Error> {
         let mut prekeys = self.prekeys.clone();
+        let mut pq_prekeys = self.pq_prekeys.clone();
         let address = self.address().clone();
-        let (rotated, dropped) = prekeys.rotate(rng, &self.identity, &address, now);
+        let (mut rotated, mut dropped) = prekeys.rotate(rng, &self.identity, &address, now);
+        // The PQ last-resort prekey follows the same rule.
+        if pq_prekeys.due(now, prekeys.settings.rotation_interval) {
+            let id = prekeys.take_id();
+            pq_prekeys.add(rng, &self.identity, &address, id, now);
+            rotated = true;
+        }
+        dropped.extend(pq_prekeys.expire(now, prekeys.settings.grace_period));
         let account = AccountRecord {
             prekeys: prekeys.clone(),
             ..self.account_record()
         };
         let mut changes = self.changes(rng);
         changes.put(Table::Account, ACCOUNT_ROW, &account)?;
+        changes.put(Table::Account, PQ_PREKEYS_ROW, &pq_prekeys)?;
         if !dropped.is_empty() {
             for (row, sealed) in self.store.scan(Table::LastResortReplay)? {
                 let rec: ReplayRecord = self.vault.open(Table::LastResortReplay, &row, &sealed)?;
@@ -536,6 +665,7 @@ impl<S: Store> SessionManager<S> {
         let batch = changes.batch;
         self.store.apply(batch)?;
         self.prekeys = prekeys;
+        self.pq_prekeys = pq_prekeys;
         Ok(rotated)
     }
 
@@ -596,7 +726,10 @@ impl<S: Store> SessionManager<S> {
         let address = self.address().clone();
         let certificate =
             identity.certify_device(&address.user, address.device, &self.auth.public_key(), now);
-        let prekeys = PreKeyState::new(rng, &identity, &address, self.prekeys.settings, now);
+        let mut prekeys = PreKeyState::new(rng, &identity, &address, self.prekeys.settings, now);
+        let mut pq_prekeys = PqPreKeyState::default();
+        let pq_id = prekeys.take_id();
+        pq_prekeys.add(rng, &identity, &address, pq_id, now);
         let sessions = self.store.scan(Table::Sessions)?;
         let record = AccountRecord {
             identity_seed: identity.seed(),
@@ -620,11 +753,13 @@ impl<S: Store> SessionManager<S> {
         // Our own user's devices were certified by the old identity.
         changes.delete(Table::Devices, address.user.as_str().as_bytes());
         changes.put(Table::Account, ACCOUNT_ROW, &record)?;
+        changes.put(Table::Account, PQ_PREKEYS_ROW, &pq_prekeys)?;
         let batch = changes.batch;
         self.store.apply(batch)?;
         self.identity = identity;
         self.certificate = certificate;
         self.prekeys = prekeys;
+        self.pq_prekeys = pq_prekeys;
         Ok(())
     }
 
@@ -780,13 +915,16 @@ impl<S: Store> SessionManager<S> {
             .map_or(0, |s| s.len()))
     }
 
-    /// Starts a session with the device of `bundle` (X3DH as initiator). The
-    /// bundle's identity must be the one trusted for its user, or is trusted now
-    /// if none is; every signature is verified before any key agreement.
+    /// Starts a session with the device of `bundle` (PQXDH as initiator, or
+    /// classical X3DH for a bundle without a PQ prekey if
+    /// [`Self::set_classical_fallback`] allowed it). The bundle's identity
+    /// must be the one trusted for its user, or is trusted now if none is;
+    /// every signature is verified before any key agreement.
     ///
     /// # Errors
-    /// [`Error::IdentityChanged`], [`Error::Key`] / [`Error::X3dh`] for a bad
-    /// bundle, or a store error.
+    /// [`Error::IdentityChanged`], [`Error::Key`] for a bad bundle,
+    /// [`Error::X3dh`] with [`X3dhError::NoPqPreKey`] for a bundle without a
+    /// PQ prekey (unless the fallback is allowed), or a store error.
     pub fn start_session<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
@@ -826,8 +964,14 @@ impl<S: Store> SessionManager<S> {
         bundle: &PreKeyBundle,
         now: u64,
     ) -> Result<SessionState, Error> {
-        let (header, agreement, remote_ratchet_key) =
-            x3dh::initiate(rng, &self.identity, &self.certificate, bundle, now)?;
+        let (header, agreement, remote_ratchet_key) = x3dh::initiate(
+            rng,
+            &self.identity,
+            &self.certificate,
+            bundle,
+            self.fallback,
+            now,
+        )?;
         Ok(SessionState::initiator(
             rng,
             header,
@@ -1084,8 +1228,11 @@ impl<S: Store> SessionManager<S> {
         changes: &mut Changes<'_, R>,
         header: &InitialHeader,
     ) -> Result<SessionState, Error> {
-        let (medium, one_time) = match header.prekeys {
-            PreKeyChoice::OneTime { signed, one_time } => {
+        let (medium, one_time) = match header.prekeys.classical() {
+            PreKeyChoice::OneTime { signed, one_time }
+            | PreKeyChoice::PqOneTime {
+                signed, one_time, ..
+            } => {
                 let medium = self
                     .prekeys
                     .find(PreKeyKind::Signed, signed)
@@ -1096,7 +1243,10 @@ impl<S: Store> SessionManager<S> {
                 changes.delete(Table::OneTimePreKeys, &one_time.0.to_be_bytes());
                 (medium, Some(otk))
             }
-            PreKeyChoice::LastResort(id) => {
+            PreKeyChoice::LastResort(id)
+            | PreKeyChoice::PqLastResort {
+                last_resort: id, ..
+            } => {
                 let medium = self
                     .prekeys
                     .find(PreKeyKind::LastResort, id)
@@ -1116,12 +1266,47 @@ impl<S: Store> SessionManager<S> {
                 (medium, None)
             }
         };
+        let kem_secret = match header.prekeys.kem() {
+            None => None,
+            Some(kem) => match kem.kind {
+                PqPreKeyKind::OneTime => {
+                    let row = pq_one_time_id(kem.id);
+                    let record: PqOneTimeRecord = self
+                        .load(Table::OneTimePreKeys, &row)?
+                        .ok_or(Error::UnknownPqOneTimePreKey(kem.id))?;
+                    changes.delete(Table::OneTimePreKeys, &row);
+                    Some(record.seed.decapsulate(&kem.ciphertext))
+                }
+                PqPreKeyKind::LastResort => {
+                    let key = self
+                        .pq_prekeys
+                        .find(kem.id)
+                        .ok_or(Error::UnknownPqLastResortPreKey(kem.id))?;
+                    // Signal's PQXDH asks to refuse a (ciphertext, PQ
+                    // last-resort prekey) pair seen before.
+                    let replay = pq_replay_id(kem.id, &kem.ciphertext);
+                    if self
+                        .load::<ReplayRecord>(Table::LastResortReplay, &replay)?
+                        .is_some()
+                    {
+                        return Err(Error::ReplayedInitialMessage);
+                    }
+                    let record = ReplayRecord {
+                        last_resort: kem.id,
+                        base_key: header.base_key,
+                    };
+                    changes.put(Table::LastResortReplay, &replay, &record)?;
+                    Some(key.seed.decapsulate(&kem.ciphertext))
+                }
+            },
+        };
         let agreement = x3dh::respond(
             &self.identity,
             self.address(),
             header,
             &medium.secret,
             one_time.as_ref().map(|o| &o.secret),
+            kem_secret.as_ref(),
         )?;
         Ok(SessionState::responder(
             header,

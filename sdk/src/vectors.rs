@@ -118,12 +118,28 @@ fn x3dh_case(one_time: bool) -> Value {
             id: PreKeyId(100),
             key: otk_public,
         }),
+        pq_prekey: None,
     };
     let mut script = ScriptedRng(VecDeque::from([ek.as_bytes().to_vec()]));
-    let (header, agreement, ratchet_key) =
-        x3dh::initiate(&mut script, &alice, &a_cert, &bundle, t0 + 60).unwrap();
+    let (header, agreement, ratchet_key) = x3dh::initiate(
+        &mut script,
+        &alice,
+        &a_cert,
+        &bundle,
+        x3dh::ClassicalFallback::Allow,
+        t0 + 60,
+    )
+    .unwrap();
     let medium = if one_time { &spk } else { &lrk };
-    let b_side = x3dh::respond(&bob, &bob_addr, &header, medium, one_time.then_some(&otk)).unwrap();
+    let b_side = x3dh::respond(
+        &bob,
+        &bob_addr,
+        &header,
+        medium,
+        one_time.then_some(&otk),
+        None,
+    )
+    .unwrap();
     assert_eq!(agreement.shared_secret, b_side.shared_secret);
     assert_eq!(agreement.associated_data, b_side.associated_data);
     let medium_public = X25519PublicKey::from_secret(medium);

@@ -169,6 +169,8 @@ impl Server {
             signed_prekey: d.signed.clone()?,
             last_resort_prekey: d.last_resort.clone()?,
             one_time_prekey: d.one_time.pop_front(),
+            // The server protocol does not carry PQ prekeys yet.
+            pq_prekey: None,
         })
     }
 

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     DeviceAddress, DeviceCertificate, IdentityKey, IdentityKeyPair, KeyError, SignatureLabel,
-    X25519PublicKey, generate_x25519,
+    SignedPqPreKey, X25519PublicKey, generate_x25519,
 };
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::secret::Secret32;
@@ -186,6 +186,11 @@ pub struct PreKeyBundle {
     pub last_resort_prekey: SignedPreKey,
     /// A one-time prekey, when the server had one left.
     pub one_time_prekey: Option<OneTimePreKey>,
+    /// The ML-KEM-1024 prekey for PQXDH: a one-time PQ prekey when the server
+    /// had one left, else the device's PQ last-resort prekey. `None` only from
+    /// a device or server that predates PQXDH; such a bundle is refused unless
+    /// the app opted in to the classical fallback.
+    pub pq_prekey: Option<SignedPqPreKey>,
 }
 
 impl PreKeyBundle {
@@ -194,8 +199,9 @@ impl PreKeyBundle {
         self.certificate.address()
     }
 
-    /// Checks every signature in the bundle under `identity`, which must be the
-    /// identity the bundle names.
+    /// Checks every signature in the bundle (the certificate, the signed and
+    /// last-resort prekeys, and the PQ prekey under the label of its kind)
+    /// under the identity the bundle names.
     ///
     /// # Errors
     /// [`KeyError::BadSignature`] or [`KeyError::WrongDevice`].
@@ -209,6 +215,9 @@ impl PreKeyBundle {
         }
         self.signed_prekey.verify(&self.identity, address)?;
         self.last_resort_prekey.verify(&self.identity, address)?;
+        if let Some(pq) = &self.pq_prekey {
+            pq.verify(&self.identity, address)?;
+        }
         Ok(())
     }
 }

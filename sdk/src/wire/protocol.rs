@@ -848,6 +848,7 @@ mod tests {
             signed_prekey: s.signed.clone(),
             last_resort_prekey: s.last_resort.clone(),
             one_time_prekey: Some(s.one_time),
+            pq_prekey: None,
         };
         let responses = vec![
             Ok(Response::Ok),
