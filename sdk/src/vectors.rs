@@ -11,8 +11,9 @@ use sha2::{Digest, Sha256};
 
 use crate::fingerprint::{SafetyNumber, fingerprint};
 use crate::keys::{
-    DeviceAddress, DeviceAuthKeyPair, DeviceId, IdentityKeyPair, OneTimePreKey, PreKeyBundle,
-    PreKeyId, PreKeyKind, PreKeySettings, PreKeyState, UserId, X25519PublicKey, diffie_hellman,
+    DeviceAddress, DeviceAuthKeyPair, DeviceId, IdentityKeyPair, OneTimePreKey, PqPreKeyKind,
+    PqPreKeySecret, PreKeyBundle, PreKeyId, PreKeyKind, PreKeySettings, PreKeyState, UserId,
+    X25519PublicKey, diffie_hellman,
 };
 use crate::ratchet::Ratchet;
 use crate::secret::Secret32;
@@ -76,8 +77,16 @@ fn keys() -> Value {
     })
 }
 
-fn x3dh_case(one_time: bool) -> Value {
+/// An X3DH case (`pq` false, header version 1) or a PQXDH case (`pq` true,
+/// header version 2: a PQ one-time prekey with the one-time case, the PQ
+/// last-resort prekey with the last-resort case).
+fn x3dh_case(one_time: bool, pq: bool) -> Value {
     let tag = if one_time { "one-time" } else { "last-resort" };
+    // The PQXDH cases draw their labels from another namespace, so the X3DH
+    // file stays as it was.
+    let ns = if pq { "pqxdh" } else { "x3dh" };
+    let secret = |label: &str| secret(&label.replacen("x3dh", ns, 1));
+    let input = |label: &str, len: usize| input(&label.replacen("x3dh", ns, 1), len);
     let t0 = 1_700_000_000;
     let alice_addr = DeviceAddress::new(UserId::new("alice").unwrap(), DeviceId(1));
     let bob_addr = DeviceAddress::new(UserId::new("bob").unwrap(), DeviceId(2));
@@ -109,6 +118,22 @@ fn x3dh_case(one_time: bool) -> Value {
     ]));
     let prekeys = PreKeyState::new(&mut script, &bob, &bob_addr, PreKeySettings::default(), t0);
     let otk_public = X25519PublicKey::from_secret(&otk);
+    let (pq_d, pq_z, pq_m) = (
+        secret("x3dh bob pq prekey d"),
+        secret("x3dh bob pq prekey z"),
+        secret("x3dh alice kem randomness"),
+    );
+    let pq_kind = if one_time {
+        PqPreKeyKind::OneTime
+    } else {
+        PqPreKeyKind::LastResort
+    };
+    let mut script = ScriptedRng(VecDeque::from([
+        pq_d.as_bytes().to_vec(),
+        pq_z.as_bytes().to_vec(),
+    ]));
+    let pq_prekey =
+        PqPreKeySecret::generate(&mut script, &bob, &bob_addr, pq_kind, PreKeyId(200), t0);
     let bundle = PreKeyBundle {
         identity: bob.public_key(),
         certificate: b_cert.clone(),
@@ -118,9 +143,12 @@ fn x3dh_case(one_time: bool) -> Value {
             id: PreKeyId(100),
             key: otk_public,
         }),
-        pq_prekey: None,
+        pq_prekey: pq.then(|| pq_prekey.public.clone()),
     };
     let mut script = ScriptedRng(VecDeque::from([ek.as_bytes().to_vec()]));
+    if pq {
+        script.0.push_back(pq_m.as_bytes().to_vec());
+    }
     let (header, agreement, ratchet_key) = x3dh::initiate(
         &mut script,
         &alice,
@@ -131,13 +159,18 @@ fn x3dh_case(one_time: bool) -> Value {
     )
     .unwrap();
     let medium = if one_time { &spk } else { &lrk };
+    let kem = header.prekeys.kem().cloned();
+    assert_eq!(kem.is_some(), pq);
+    let kem_secret = kem
+        .as_ref()
+        .map(|k| pq_prekey.seed.decapsulate(&k.ciphertext));
     let b_side = x3dh::respond(
         &bob,
         &bob_addr,
         &header,
         medium,
         one_time.then_some(&otk),
-        None,
+        kem_secret.as_ref(),
     )
     .unwrap();
     assert_eq!(agreement.shared_secret, b_side.shared_secret);
@@ -168,8 +201,8 @@ fn x3dh_case(one_time: bool) -> Value {
         .encrypt(&mut script, &first_plaintext)
         .unwrap()
         .to_bytes();
-    assert!(matches!(header.prekeys, PreKeyChoice::OneTime { .. }) == one_time);
-    json!({
+    assert!(matches!(header.prekeys.classical(), PreKeyChoice::OneTime { .. }) == one_time);
+    let mut case = json!({
         "case": tag,
         "alice": {
             "user": "alice", "device": 1,
@@ -207,13 +240,29 @@ fn x3dh_case(one_time: bool) -> Value {
             "plaintext": hx(&first_plaintext),
             "session_message": hx(&first_message),
         },
-    })
+    });
+    if let (Some(kem), Some(ss)) = (kem, kem_secret) {
+        case["bob"]["pq_prekey_seed_d"] = json!(hx(pq_d.as_bytes()));
+        case["bob"]["pq_prekey_seed_z"] = json!(hx(pq_z.as_bytes()));
+        case["bob"]["pq_prekey"] = json!(hx(&pq_prekey.public.to_bytes()));
+        case["alice"]["kem_randomness"] = json!(hx(pq_m.as_bytes()));
+        case["kem_ciphertext"] = json!(hx(kem.ciphertext.as_bytes()));
+        case["kem_shared_secret"] = json!(hx(ss.as_bytes()));
+    }
+    case
 }
 
 fn x3dh() -> Value {
     json!({
         "description": "X3DH between alice.1 (initiator) and bob.2, with a one-time prekey (signed prekey + one-time, DH1..DH4) and without (last-resort prekey, DH1..DH3). Session creation time in the header is 1700000060. first_message is Alice's first session message in the initial form: tag 0x01, the initial header, and a ratchet message whose associated data is AD || initial header || ratchet header.",
-        "cases": [x3dh_case(true), x3dh_case(false)],
+        "cases": [x3dh_case(true, false), x3dh_case(false, false)],
+    })
+}
+
+fn pqxdh() -> Value {
+    json!({
+        "description": "PQXDH (header version 2) between alice.1 (initiator) and bob.2, laid out as x3dh.json, plus Bob's ML-KEM-1024 prekey (FIPS 203 seed d || z, signed encoding), Alice's encapsulation randomness m (FIPS 203 ML-KEM.Encaps_internal), the ciphertext and the KEM shared secret SS. Case one-time: signed prekey + one-time prekey + PQ one-time prekey (id 200); case last-resort: last-resort prekey + PQ last-resort prekey (id 200). SK = HKDF-SHA256(salt 0^32, 0xFF^32 || DH1..DH4 || SS, info \"hush.v2.pqxdh\").",
+        "cases": [x3dh_case(true, true), x3dh_case(false, true)],
     })
 }
 
@@ -318,6 +367,7 @@ fn all() -> Vec<(&'static str, Value)> {
     vec![
         ("keys.json", keys()),
         ("x3dh.json", x3dh()),
+        ("pqxdh.json", pqxdh()),
         ("ratchet.json", ratchet()),
         ("fingerprint.json", fingerprints()),
     ]
