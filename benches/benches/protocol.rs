@@ -246,10 +246,55 @@ fn primitives(c: &mut Criterion) {
 fn x3dh(c: &mut Criterion) {
     let mut g = c.benchmark_group("x3dh");
     let mut rng = seeded(1);
-    let alice = device(MemoryStore::new(), "alice", &mut rng);
+    let mut alice = device(MemoryStore::new(), "alice", &mut rng);
     let mut bob = device(MemoryStore::new(), "bob", &mut rng);
-    let bob_bundle = bundle(&mut bob, &mut rng);
+    let pq_bundle = {
+        let pq = bob
+            .generate_pq_one_time_prekeys(&mut rng, 1, NOW)
+            .expect("PQ one-time prekey");
+        PreKeyBundle {
+            pq_prekey: pq.first().cloned(),
+            ..bundle(&mut bob, &mut rng)
+        }
+    };
+    // The classical rows: a bundle without a PQ prekey, which the app must
+    // allow explicitly.
+    let bob_bundle = PreKeyBundle {
+        pq_prekey: None,
+        ..bundle(&mut bob, &mut rng)
+    };
+    alice.set_classical_fallback(hush::x3dh::ClassicalFallback::Allow);
     let first = b"hello Bob";
+
+    // PQXDH: verify the bundle (4 Ed25519), 4 X25519 DH, one ML-KEM-1024
+    // encapsulation (the encapsulation key is parsed and checked first).
+    g.bench_function("hush/pqxdh initiate", |b| {
+        b.iter(|| {
+            alice
+                .dangerous_initiate(&mut rng, black_box(&pq_bundle), NOW)
+                .expect("initiate")
+        })
+    });
+    g.bench_function("hush/pqxdh initiate + first encrypt", |b| {
+        b.iter(|| {
+            let mut session = alice
+                .dangerous_initiate(&mut rng, black_box(&pq_bundle), NOW)
+                .expect("initiate");
+            hazmat::encrypt(&mut session, &mut rng, first).expect("encrypt")
+        })
+    });
+    // Decode the initial message, load the prekeys, one ML-KEM-1024
+    // decapsulation (the key is expanded from its seed), 4 DH, the first message.
+    let mut session = alice
+        .dangerous_initiate(&mut rng, &pq_bundle, NOW)
+        .expect("initiate");
+    let pq_initial = hazmat::encrypt(&mut session, &mut rng, first).expect("encrypt");
+    g.bench_function("hush/pqxdh respond", |b| {
+        b.iter(|| {
+            bob.dangerous_respond(&mut rng, black_box(&pq_initial), NOW)
+                .expect("respond")
+        })
+    });
 
     // Verify the bundle (3 Ed25519), 4 X25519 DH, make the session.
     g.bench_function("hush/initiate", |b| {

@@ -406,3 +406,37 @@ fn the_pq_last_resort_replay_rows_live_in_the_replay_table() {
     // One entry for the classical last-resort prekey, one for the PQ one.
     assert_eq!(after, before + 2);
 }
+
+/// The sizes `docs/performance.md` reports, for users `alice` and `bob`.
+#[test]
+fn bundle_and_initial_message_sizes_are_as_documented() {
+    let mut p = Pair::new(53);
+    let pq_bundle = full_bundle(&mut p);
+    let classical = PreKeyBundle {
+        pq_prekey: None,
+        ..pq_bundle.clone()
+    };
+    let size = |b: &PreKeyBundle| postcard::to_allocvec(b).unwrap().len();
+    let (classical_size, pq_size) = (size(&classical), size(&pq_bundle));
+    println!("bundle (postcard): X3DH {classical_size} B, PQXDH {pq_size} B");
+    // Postcard: varint id and time, a length prefix on key and signature.
+    assert_eq!((classical_size, pq_size), (389, 2031));
+    p.alice.start_session(&mut p.rng, &pq_bundle, T0).unwrap();
+    let pq_initial = p.a_to_b(b"hi");
+    let mut q = Pair::new(54);
+    q.alice.set_classical_fallback(ClassicalFallback::Allow);
+    let b = PreKeyBundle {
+        pq_prekey: None,
+        ..bundle_with_one_time(&mut q.bob, &mut q.rng)
+    };
+    q.alice.start_session(&mut q.rng, &b, T0).unwrap();
+    let classical_initial = q.a_to_b(b"hi");
+    println!(
+        "initial message with 2 B plaintext: X3DH {} B, PQXDH {} B",
+        classical_initial.len(),
+        pq_initial.len()
+    );
+    assert_eq!(classical_initial.len(), 1 + 197 + 53 + 2 + 16);
+    assert_eq!(pq_initial.len(), classical_initial.len() + 1 + 4 + 1568);
+    assert_eq!(SignedPqPreKey::ENCODED_LEN, 1645);
+}
