@@ -1090,6 +1090,8 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 signed_prekey: taken.signed,
                 last_resort_prekey: taken.last_resort,
                 one_time_prekey: taken.one_time,
+                // PQ prekeys are not part of server protocol version 1 yet.
+                pq_prekey: None,
             });
         }
         Ok(Response::Bundles(bundles))

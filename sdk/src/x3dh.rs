@@ -592,6 +592,23 @@ mod tests {
         assert_ne!(a.shared_secret, b_side.shared_secret);
     }
 
+    /// Sessions stored before PQXDH hold version 1 headers in postcard: the
+    /// classical variants keep their indices, the PQ ones come after them.
+    #[test]
+    fn the_stored_form_of_classical_prekey_choices_is_unchanged() {
+        let one_time = PreKeyChoice::OneTime {
+            signed: PreKeyId(3),
+            one_time: PreKeyId(4),
+        };
+        assert_eq!(postcard::to_allocvec(&one_time).unwrap(), [0, 3, 4]);
+        let last_resort = PreKeyChoice::LastResort(PreKeyId(5));
+        assert_eq!(postcard::to_allocvec(&last_resort).unwrap(), [1, 5]);
+        let back: PreKeyChoice = postcard::from_bytes(&[1, 5]).unwrap();
+        assert_eq!(back, last_resort);
+        assert_eq!(one_time.classical(), one_time);
+        assert!(one_time.kem().is_none());
+    }
+
     #[test]
     fn headers_are_decoded_strictly() {
         let mut rng = ChaCha20Rng::from_seed([8; 32]);
