@@ -37,7 +37,8 @@ pub fn decrypt(session: &mut Session, bytes: &[u8], now: u64) -> Result<Vec<u8>,
 }
 
 impl<S: Store> SessionManager<S> {
-    /// X3DH as initiator without storing anything: verifies the bundle and
+    /// PQXDH (or X3DH, see [`SessionManager::set_classical_fallback`]) as
+    /// initiator without storing anything: verifies the bundle and
     /// returns the new session.
     ///
     /// # Errors
@@ -51,8 +52,8 @@ impl<S: Store> SessionManager<S> {
         self.initiate_aside(rng, bundle, now).map(Session)
     }
 
-    /// X3DH as responder without storing anything: processes an initial
-    /// message (prekey lookup included, one-time prekey not consumed) and
+    /// PQXDH or X3DH as responder without storing anything: processes an initial
+    /// message (prekey lookup included, one-time prekeys not consumed) and
     /// returns the session and the first plaintext.
     ///
     /// # Errors

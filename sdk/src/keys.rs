@@ -92,9 +92,9 @@ pub enum SignatureLabel {
     ServerAuth,
     /// Registration of a new account, signed by the account identity.
     Registration,
-    /// Reserved for post-quantum one-time KEM prekeys.
+    /// A PQ one-time ML-KEM-1024 prekey (PQXDH), signed by the account identity.
     PqOneTimePreKey,
-    /// Reserved for post-quantum last-resort KEM prekeys.
+    /// A PQ last-resort ML-KEM-1024 prekey (PQXDH), signed by the account identity.
     PqLastResortPreKey,
 }
 

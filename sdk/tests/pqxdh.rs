@@ -440,3 +440,33 @@ fn bundle_and_initial_message_sizes_are_as_documented() {
     assert_eq!(pq_initial.len(), classical_initial.len() + 1 + 4 + 1568);
     assert_eq!(SignedPqPreKey::ENCODED_LEN, 1645);
 }
+
+/// When a retired PQ last-resort prekey passes its grace period, it goes
+/// together with its replay-cache entries, like a classical one.
+#[test]
+fn a_dropped_pq_last_resort_prekey_takes_its_replay_entries_along() {
+    let mut p = Pair::new(55);
+    let bundle = p.bob.bundle().unwrap();
+    p.alice.start_session(&mut p.rng, &bundle, T0).unwrap();
+    let m = p.a_to_b(b"x");
+    assert_eq!(p.bob_reads(&m).unwrap(), b"x");
+    let replay_rows = |p: &Pair| {
+        p.bob
+            .store()
+            .clone()
+            .rows_mut()
+            .keys()
+            .filter(|(t, _)| *t == Table::LastResortReplay)
+            .count()
+    };
+    assert_eq!(replay_rows(&p), 2);
+    let settings = hush::keys::PreKeySettings::default();
+    let retired = T0 + settings.rotation_interval;
+    assert!(p.bob.rotate_prekeys(&mut p.rng, retired).unwrap());
+    assert_eq!(replay_rows(&p), 2);
+    let _ = p
+        .bob
+        .rotate_prekeys(&mut p.rng, retired + settings.grace_period + 1)
+        .unwrap();
+    assert_eq!(replay_rows(&p), 0);
+}
