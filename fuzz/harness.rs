@@ -52,7 +52,7 @@ pub(crate) type Target = (&'static str, fn(&[u8]));
 pub(crate) type Row = ((Table, Vec<u8>), Vec<u8>);
 
 /// The fuzz targets.
-pub(crate) const TARGETS: [Target; 8] = [
+pub(crate) const TARGETS: [Target; 9] = [
     ("decrypt_message", decrypt_message),
     ("open_stored_state", open_stored_state),
     ("frame_decoder", wire::frame_decoder),
@@ -61,6 +61,7 @@ pub(crate) const TARGETS: [Target; 8] = [
     ("envelope", wire::envelope),
     ("content", wire::content),
     ("attachment_decrypt", attachment::attachment_decrypt),
+    ("pq_prekey", pq_prekey),
 ];
 
 /// A seed corpus file: target, file name, contents.
@@ -440,8 +441,82 @@ fn exercise(bob: &mut SessionManager<MemoryStore>, fx: &Fixture) {
 /// messages, truncations and bit flips of them; for `open_stored_state` every
 /// row's real record, sealed and raw, with truncations, bit flips and
 /// deletions; for the others see [`wire::seeds`] and [`attachment::seeds`].
+/// Decodes a signed ML-KEM-1024 prekey (and the bytes as a bare
+/// encapsulation key); what decodes must re-encode to the same bytes, since
+/// both encodings are strict.
+pub(crate) fn pq_prekey(data: &[u8]) {
+    if let Ok(prekey) = hush::keys::SignedPqPreKey::from_bytes(data) {
+        assert_eq!(
+            prekey.to_bytes(),
+            data,
+            "a PQ prekey changed through re-encoding"
+        );
+    }
+    if let Ok(key) = hush::keys::KemPublicKey::from_bytes(data) {
+        assert_eq!(
+            &key.as_bytes()[..],
+            data,
+            "a KEM key changed through re-encoding"
+        );
+    }
+}
+
+/// A PQ one-time and a PQ last-resort prekey of a fresh device, whole, cut,
+/// with a changed kind, an unreduced key coefficient, or a trailing byte.
+fn pq_prekey_seeds() -> Vec<Seed> {
+    let mut rng = ChaCha20Rng::from_seed([0x9c; 32]);
+    let mut dora = SessionManager::create(
+        MemoryStore::new(),
+        &StorageKey::from_bytes(STORAGE_KEY),
+        IdentityKeyPair::generate(&mut rng),
+        DeviceAuthKeyPair::generate(&mut rng),
+        UserId::new("dora").expect("valid user id"),
+        DeviceId(3),
+        Default::default(),
+        &mut rng,
+        NOW,
+    )
+    .expect("create device");
+    let one_time = dora
+        .generate_pq_one_time_prekeys(&mut rng, 1, NOW)
+        .expect("PQ one-time prekey");
+    let last_resort = dora
+        .bundle()
+        .expect("bundle")
+        .pq_prekey
+        .expect("PQ last-resort prekey");
+    let mut out = Vec::new();
+    for (name, prekey) in [("one-time", &one_time[0]), ("last-resort", &last_resort)] {
+        let bytes = prekey.to_bytes();
+        out.push(("pq_prekey", format!("valid-{name}"), bytes.clone()));
+        out.push((
+            "pq_prekey",
+            format!("valid-{name}-key"),
+            bytes[13..13 + 1568].to_vec(),
+        ));
+        for cut in [1, 13, 1000, bytes.len() - 1] {
+            out.push((
+                "pq_prekey",
+                format!("truncated-{name}-{cut}"),
+                bytes[..cut].to_vec(),
+            ));
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        out.push(("pq_prekey", format!("trailing-{name}"), trailing));
+        let mut kind = bytes.clone();
+        kind[0] = 3;
+        out.push(("pq_prekey", format!("bad-kind-{name}"), kind));
+        let mut unreduced = bytes.clone();
+        unreduced[13..16].copy_from_slice(&[0xff; 3]);
+        out.push(("pq_prekey", format!("unreduced-{name}"), unreduced));
+    }
+    out
+}
+
 pub(crate) fn seed_corpus() -> Vec<Seed> {
     let mut out = session_seeds();
+    out.extend(pq_prekey_seeds());
     out.extend(wire::seeds());
     out.extend(attachment::seeds());
     out

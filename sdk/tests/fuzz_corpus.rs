@@ -84,6 +84,13 @@ fn every_server_frame_input_decodes_or_fails_cleanly() {
     replay("server_frame");
 }
 
+/// Every signed PQ prekey or KEM key in the corpus decodes to a typed error
+/// or to a value that re-encodes to the same bytes.
+#[test]
+fn every_pq_prekey_input_decodes_or_fails_cleanly() {
+    replay("pq_prekey");
+}
+
 /// Every envelope in the corpus decodes to a typed error or to an envelope
 /// that survives re-encoding.
 #[test]
@@ -158,6 +165,11 @@ fn the_seeds_reach_what_they_are_named_for() {
             "server_frame" if valid => assert!(ServerFrame::from_payload(&bytes).is_ok(), "{name}"),
             "envelope" if valid => assert!(Envelope::from_bytes(&bytes).is_ok(), "{name}"),
             "content" if valid => assert!(Content::from_padded(&bytes).is_ok(), "{name}"),
+            "pq_prekey" => {
+                let decodes = hush::keys::SignedPqPreKey::from_bytes(&bytes).is_ok()
+                    || hush::keys::KemPublicKey::from_bytes(&bytes).is_ok();
+                assert_eq!(decodes, valid, "pq_prekey/{name}");
+            }
             "client_frame" | "server_frame" | "envelope" | "content"
                 if name.starts_with("truncated-") || name.starts_with("trailing-") =>
             {
