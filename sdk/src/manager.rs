@@ -1228,11 +1228,12 @@ impl<S: Store> SessionManager<S> {
         changes: &mut Changes<'_, R>,
         header: &InitialHeader,
     ) -> Result<SessionState, Error> {
-        let (medium, one_time) = match header.prekeys.classical() {
+        let (medium, one_time) = match &header.prekeys {
             PreKeyChoice::OneTime { signed, one_time }
             | PreKeyChoice::PqOneTime {
                 signed, one_time, ..
             } => {
+                let (signed, one_time) = (*signed, *one_time);
                 let medium = self
                     .prekeys
                     .find(PreKeyKind::Signed, signed)
@@ -1247,6 +1248,7 @@ impl<S: Store> SessionManager<S> {
             | PreKeyChoice::PqLastResort {
                 last_resort: id, ..
             } => {
+                let id = *id;
                 let medium = self
                     .prekeys
                     .find(PreKeyKind::LastResort, id)

@@ -203,8 +203,11 @@ impl InitialHeader {
         self.certificate.encode(w);
         w.raw(&self.identity.to_bytes())
             .raw(self.base_key.as_bytes());
-        match self.prekeys.classical() {
-            PreKeyChoice::OneTime { signed, one_time } => {
+        match &self.prekeys {
+            PreKeyChoice::OneTime { signed, one_time }
+            | PreKeyChoice::PqOneTime {
+                signed, one_time, ..
+            } => {
                 w.u8(1).u32(signed.0).u32(one_time.0);
             }
             PreKeyChoice::LastResort(id)
@@ -212,11 +215,6 @@ impl InitialHeader {
                 last_resort: id, ..
             } => {
                 w.u8(2).u32(id.0);
-            }
-            PreKeyChoice::PqOneTime {
-                signed, one_time, ..
-            } => {
-                w.u8(1).u32(signed.0).u32(one_time.0);
             }
         }
         w.u64(self.created_at);
