@@ -784,15 +784,16 @@ pub(crate) async fn publishing_prekeys_replaces_and_adds<S: Storage>(s: &S) {
         .unwrap();
     assert_eq!(s.one_time_prekey_count(&device).await.unwrap(), 5);
 
-    // The first batch has ids 3..=7; the second reuses 5..=7 with other
-    // keys and adds 8 and 9.
+    // The first batch has ids 4..=8 (1 to 3 are the signed, last-resort and
+    // PQ last-resort prekeys); the second reuses 6..=8 with other keys and
+    // adds 9 and 10.
     let mut first_ids: Vec<u32> = first.one_time.iter().map(|k| k.id.0).collect();
     first_ids.sort_unstable();
-    assert_eq!(first_ids, vec![3, 4, 5, 6, 7]);
+    assert_eq!(first_ids, vec![4, 5, 6, 7, 8]);
     let renumbered: Vec<OneTimePreKey> = second
         .one_time
         .iter()
-        .zip(5..)
+        .zip(6..)
         .map(|(k, id)| OneTimePreKey {
             id: PreKeyId(id),
             key: k.key,
