@@ -219,7 +219,10 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                     let Ok(permit) = permit else { return };
                     permit.forget();
                     self.held += n;
-                    if !self.input(&buf[..n]).await {
+                    // Boxed: the request handlers' state (about 9 KB) lives
+                    // on the heap only while a read is handled, instead of
+                    // inside every connection's task, idle or not.
+                    if !Box::pin(self.input(&buf[..n])).await {
                         return;
                     }
                 }
