@@ -752,6 +752,51 @@ fn user(name: &str) -> UserId {
     UserId::new(name).unwrap()
 }
 
+/// On `PreKeysLow` the client tops up the kind with fewer keys left, and any
+/// kind with less than one batch left, never the other (which could pass
+/// the server's cap).
+#[test]
+fn prekeys_low_replenishes_the_kind_that_runs_low() {
+    let World {
+        mut server,
+        mut alice1,
+        mut bob,
+        ..
+    } = world();
+    let published = |server: &Server| {
+        let d = &server.accounts[&user("alice")].devices[&DeviceId(1)];
+        (d.one_time.len(), d.pq_one_time.len())
+    };
+    assert_eq!(published(&server), (50, 50));
+    for (remaining, pq_remaining, count, pq_count) in [
+        (900, 3, 0, 50),
+        (2, 900, 50, 0),
+        (20, 30, 50, 50),
+        (60, 60, 50, 50),
+    ] {
+        alice1.events.clear();
+        let before = published(&server);
+        server.push_to(
+            &alice1.address(),
+            Push::PreKeysLow {
+                remaining,
+                pq_remaining,
+            },
+        );
+        pump(&mut server, &mut [&mut alice1, &mut bob]);
+        assert!(
+            has(&alice1, |e| matches!(
+                e,
+                ClientEvent::PreKeysReplenished { count: c, pq_count: p }
+                    if (*c, *p) == (count, pq_count)
+            )),
+            "{remaining}/{pq_remaining}: {:?}",
+            alice1.events
+        );
+        assert_eq!(published(&server), (before.0 + count, before.1 + pq_count));
+    }
+}
+
 #[test]
 fn messages_flow_both_ways_and_are_acked_only_after_confirm() {
     let World {
