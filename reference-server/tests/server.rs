@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{Backend, NAME, Raw, TestServer, sorted};
@@ -54,6 +55,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     two_users_with_two_devices_converse,
     bundles_carry_pq_prekeys_and_sessions_use_them,
+    an_exhausted_device_hands_out_its_pq_last_resort,
     an_offline_device_gets_its_queue_in_order_then_the_marker,
     unauthenticated_and_foreign_requests_are_refused,
     login_needs_a_fresh_nonce_and_this_server_name,
@@ -237,6 +239,47 @@ async fn bundles_carry_pq_prekeys_and_sessions_use_them(backend: Backend) {
         storage.pq_one_time_prekey_count(&address).await.unwrap(),
         48
     );
+    server.finish().await;
+}
+
+/// Each fetch takes one of a device's 50 PQ one-time prekeys; once they are
+/// gone (the device is offline, so it cannot top them up) the bundle carries
+/// its PQ last-resort prekey, again and again.
+async fn an_exhausted_device_hands_out_its_pq_last_resort(backend: Backend) {
+    let Some(server) = TestServer::start(backend, |c| {
+        c.limits.prekey_fetches_burst = 100.0;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut bob = server.register("bob").await;
+    let address = bob.address();
+    bob.disconnect().await;
+    let (mut kim, ..) = raw_account(&server, "kim").await;
+    let mut one_time_ids = BTreeSet::new();
+    let mut last_resort = Vec::new();
+    for _ in 0..52 {
+        let answer = kim
+            .request(Request::FetchBundles {
+                user: address.user.clone(),
+                devices: Vec::new(),
+            })
+            .await;
+        let Ok(Response::Bundles(mut bundles)) = answer else {
+            panic!("{answer:?}")
+        };
+        let bundle = bundles.pop().unwrap();
+        let pq = bundle.pq_prekey.clone().expect("a PQ prekey");
+        pq.verify(&bundle.identity, &address).unwrap();
+        match pq.kind() {
+            PqPreKeyKind::OneTime => assert!(one_time_ids.insert(pq.id())),
+            PqPreKeyKind::LastResort => last_resort.push(pq),
+        }
+    }
+    assert_eq!(one_time_ids.len(), 50);
+    assert_eq!(last_resort.len(), 2);
+    assert_eq!(last_resort[0], last_resort[1]);
     server.finish().await;
 }
 
