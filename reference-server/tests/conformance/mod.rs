@@ -1527,8 +1527,14 @@ pub(crate) async fn data_survives_reopening<D: TestDb>(db: D) -> D {
         Some("token")
     );
     assert_eq!(s.one_time_prekey_count(&alice.device(2)).await.unwrap(), 3);
+    assert_eq!(
+        s.pq_one_time_prekey_count(&alice.device(2)).await.unwrap(),
+        3
+    );
     let taken = s.take_prekeys(&alice.device(2)).await.unwrap().unwrap();
     assert_eq!(taken.signed, prekeys.signed);
+    assert_eq!(taken.pq_last_resort, Some(prekeys.pq_last_resort.clone()));
+    assert!(prekeys.pq_one_time.contains(&taken.pq_one_time.unwrap()));
     let deliveries: Vec<Delivery> = s
         .queued(&alice.device(2), 0, 10)
         .await
