@@ -337,6 +337,7 @@ struct Material {
     certificate: DeviceCertificate,
     bundle: hush::PreKeyBundle,
     one_time: Vec<OneTimePreKey>,
+    pq_one_time: Vec<hush::keys::SignedPqPreKey>,
     initial: Envelope,
     normal: Envelope,
 }
@@ -362,6 +363,9 @@ fn material() -> Material {
     let one_time = dora
         .generate_one_time_prekeys(&mut rng, 2)
         .expect("one-time prekeys");
+    let pq_one_time = dora
+        .generate_pq_one_time_prekeys(&mut rng, 1, NOW)
+        .expect("PQ one-time prekeys");
     let bundle = hush::PreKeyBundle {
         one_time_prekey: one_time.first().copied(),
         ..dora.bundle().expect("bundle")
@@ -375,6 +379,7 @@ fn material() -> Material {
         certificate: dora.certificate().clone(),
         bundle,
         one_time,
+        pq_one_time,
         initial: Envelope::new(fx.alice.clone(), m.alice_initial.clone())
             .expect("an initial message"),
         normal: Envelope::new(fx.alice.clone(), m.alice_next.clone()).expect("a normal message"),
@@ -423,6 +428,8 @@ pub(crate) fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 signed: Some(m.bundle.signed_prekey.clone()),
                 last_resort: Some(m.bundle.last_resort_prekey.clone()),
                 one_time: m.one_time.clone(),
+                pq_last_resort: m.bundle.pq_prekey.clone(),
+                pq_one_time: m.pq_one_time.clone(),
             },
         ),
         (
@@ -527,6 +534,8 @@ pub(crate) fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 signed: None,
                 last_resort: None,
                 one_time: Vec::new(),
+                pq_last_resort: None,
+                pq_one_time: Vec::new(),
             },
         },
     ));
@@ -657,7 +666,13 @@ pub(crate) fn server_frames() -> Vec<(String, ServerFrame)> {
             }),
         ),
         ("queue-empty", Push::QueueEmpty),
-        ("prekeys-low", Push::PreKeysLow { remaining: 3 }),
+        (
+            "prekeys-low",
+            Push::PreKeysLow {
+                remaining: 3,
+                pq_remaining: 9,
+            },
+        ),
         (
             "provisioning",
             Push::Provisioning {

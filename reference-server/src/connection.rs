@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hush::keys::{DeviceAddress, DeviceId, PreKeyBundle, PreKeyKind};
+use hush::keys::{DeviceAddress, DeviceId, PqPreKeyKind, PreKeyBundle, PreKeyKind};
 use hush::wire::frame::{FrameDecoder, encode_frame};
 use hush::wire::protocol::{
     BlobId, CHUNK_LEN, ClientFrame, Delivery, EnvelopeId, ErrorCode, LinkToken, MAX_FRAME_LEN,
@@ -491,14 +491,20 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
         if !self.push(Push::QueueEmpty).await {
             return false;
         }
-        match self
-            .shared
-            .timed(self.shared.storage.one_time_prekey_count(me))
-            .await
-        {
-            Ok(n) if n < self.shared.config.limits.prekeys_low_threshold => {
+        let storage = &self.shared.storage;
+        let counts = async {
+            let classical = self.shared.timed(storage.one_time_prekey_count(me)).await?;
+            let pq = self
+                .shared
+                .timed(storage.pq_one_time_prekey_count(me))
+                .await?;
+            Ok::<_, StorageError>((classical, pq))
+        };
+        match counts.await {
+            Ok((n, pq)) if n.min(pq) < self.shared.config.limits.prekeys_low_threshold => {
                 self.push(Push::PreKeysLow {
                     remaining: n as u32,
+                    pq_remaining: pq as u32,
                 })
                 .await
             }
@@ -837,6 +843,8 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 signed,
                 last_resort,
                 one_time,
+                pq_last_resort,
+                pq_one_time,
             } => {
                 let identity = match shared.timed(storage.identity(&me.user)).await {
                     Ok(Some(i)) => i,
@@ -853,25 +861,62 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                         return refuse(ErrorCode::BadRequest, "a prekey signature does not verify");
                     }
                 }
+                let pq_kinds = pq_last_resort
+                    .iter()
+                    .map(|k| (k, PqPreKeyKind::LastResort))
+                    .chain(pq_one_time.iter().map(|k| (k, PqPreKeyKind::OneTime)));
+                for (key, kind) in pq_kinds {
+                    if key.kind() != kind || key.verify(&identity, &me).is_err() {
+                        return refuse(
+                            ErrorCode::BadRequest,
+                            "a PQ prekey signature does not verify",
+                        );
+                    }
+                }
+                let max = shared.config.limits.max_one_time_prekeys;
                 if !one_time.is_empty() {
                     let have = match storage.one_time_prekey_count(&me).await {
                         Ok(n) => n,
                         Err(e) => return Err(internal(&e)),
                     };
-                    if have + one_time.len() as u64 > shared.config.limits.max_one_time_prekeys {
+                    if have + one_time.len() as u64 > max {
                         return refuse(
                             ErrorCode::LimitReached,
                             "the device has the most one-time prekeys the server keeps",
                         );
                     }
                 }
-                match shared
+                if !pq_one_time.is_empty() {
+                    let have = match storage.pq_one_time_prekey_count(&me).await {
+                        Ok(n) => n,
+                        Err(e) => return Err(internal(&e)),
+                    };
+                    if have + pq_one_time.len() as u64 > max {
+                        return refuse(
+                            ErrorCode::LimitReached,
+                            "the device has the most PQ one-time prekeys the server keeps",
+                        );
+                    }
+                }
+                if let Err(e) = shared
                     .timed(storage.publish_prekeys(
                         &me,
                         signed.as_ref(),
                         last_resort.as_ref(),
                         &one_time,
                     ))
+                    .await
+                {
+                    return Err(internal(&e));
+                }
+                // A second transaction: if it fails, the classical part stays
+                // published and the client gets an error; publishing the
+                // same request again is harmless (repeated ids are ignored).
+                if pq_last_resort.is_none() && pq_one_time.is_empty() {
+                    return Ok(Response::Ok);
+                }
+                match shared
+                    .timed(storage.publish_pq_prekeys(&me, pq_last_resort.as_ref(), &pq_one_time))
                     .await
                 {
                     Ok(()) => Ok(Response::Ok),
@@ -1074,12 +1119,21 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                 Ok(None) => continue,
                 Err(e) => return Err(internal(&e)),
             };
-            if taken.one_time.is_some() {
-                match storage.one_time_prekey_count(&address).await {
-                    // Told once, as the count crosses the threshold.
-                    Ok(left) if left + 1 == threshold => {
+            if taken.one_time.is_some() || taken.pq_one_time.is_some() {
+                let counts = async {
+                    let classical = storage.one_time_prekey_count(&address).await?;
+                    let pq = storage.pq_one_time_prekey_count(&address).await?;
+                    Ok::<_, StorageError>((classical, pq))
+                };
+                match counts.await {
+                    // Told once, as either count crosses the threshold.
+                    Ok((left, pq_left))
+                        if (taken.one_time.is_some() && left + 1 == threshold)
+                            || (taken.pq_one_time.is_some() && pq_left + 1 == threshold) =>
+                    {
                         let push = Push::PreKeysLow {
                             remaining: left as u32,
+                            pq_remaining: pq_left as u32,
                         };
                         self.tell_devices(&user, &[record.device], &push);
                     }
@@ -1087,14 +1141,15 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
                     Err(e) => return Err(internal(&e)),
                 }
             }
+            // The PQ one-time prekey while one is left, else the PQ last resort.
+            let pq_prekey = taken.pq_prekey().cloned();
             bundles.push(PreKeyBundle {
                 identity,
                 certificate,
                 signed_prekey: taken.signed,
                 last_resort_prekey: taken.last_resort,
                 one_time_prekey: taken.one_time,
-                // PQ prekeys are not part of server protocol version 1 yet.
-                pq_prekey: None,
+                pq_prekey,
             });
         }
         Ok(Response::Bundles(bundles))

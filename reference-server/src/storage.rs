@@ -20,7 +20,7 @@ use std::future::Future;
 
 use hush::keys::{
     DeviceAddress, DeviceAuthKey, DeviceCertificate, DeviceId, IdentityKey, OneTimePreKey,
-    SignedPreKey, UserId,
+    SignedPqPreKey, SignedPreKey, UserId,
 };
 use hush::wire::protocol::{BlobId, Delivery, EnvelopeId, LinkToken};
 use thiserror::Error;
@@ -87,8 +87,9 @@ pub struct DeviceRecord {
 }
 
 /// The prekeys handed out for one device: the current signed and last-resort
-/// prekeys and, while any remain, one one-time prekey, which is deleted in
-/// the same transaction (no two callers ever receive the same one).
+/// prekeys, the PQ last-resort prekey if the device published one and, while
+/// any remain, one one-time prekey and one PQ one-time prekey, which are
+/// deleted in the same transaction (no two callers ever receive the same one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TakenPreKeys {
     /// The signed prekey.
@@ -97,6 +98,19 @@ pub struct TakenPreKeys {
     pub last_resort: SignedPreKey,
     /// A one-time prekey, consumed by this call.
     pub one_time: Option<OneTimePreKey>,
+    /// The PQ last-resort prekey, which the bundle carries when no PQ
+    /// one-time prekey is left.
+    pub pq_last_resort: Option<SignedPqPreKey>,
+    /// A PQ one-time prekey, consumed by this call.
+    pub pq_one_time: Option<SignedPqPreKey>,
+}
+
+impl TakenPreKeys {
+    /// The PQ prekey for the bundle: the PQ one-time prekey, or else the PQ
+    /// last-resort prekey.
+    pub fn pq_prekey(&self) -> Option<&SignedPqPreKey> {
+        self.pq_one_time.as_ref().or(self.pq_last_resort.as_ref())
+    }
 }
 
 /// An envelope to queue for one recipient device.
@@ -261,9 +275,23 @@ pub trait Storage: Send + Sync + 'static {
         one_time: &[OneTimePreKey],
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 
+    /// Publishes PQ prekeys of a device: replaces the PQ last-resort prekey
+    /// when given, and adds the PQ one-time prekeys (an id the device already
+    /// has is ignored). The caller has verified their kinds and signatures.
+    ///
+    /// # Errors
+    /// [`StorageError::NoSuchDevice`].
+    fn publish_pq_prekeys(
+        &self,
+        address: &DeviceAddress,
+        last_resort: Option<&SignedPqPreKey>,
+        one_time: &[SignedPqPreKey],
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
     /// The device's prekeys for one new session, consuming one one-time
-    /// prekey atomically (see [`TakenPreKeys`]). `None` if the device does
-    /// not exist or has not published a signed and a last-resort prekey.
+    /// prekey and one PQ one-time prekey atomically, lowest id first (see
+    /// [`TakenPreKeys`]). `None` if the device does not exist or has not
+    /// published a signed and a last-resort prekey.
     fn take_prekeys(
         &self,
         address: &DeviceAddress,
@@ -271,6 +299,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// How many one-time prekeys the device has left.
     fn one_time_prekey_count(
+        &self,
+        address: &DeviceAddress,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// How many PQ one-time prekeys the device has left.
+    fn pq_one_time_prekey_count(
         &self,
         address: &DeviceAddress,
     ) -> impl Future<Output = Result<u64, StorageError>> + Send;
@@ -459,11 +493,24 @@ impl Storage for AnyStorage {
         delegate!(self.publish_prekeys(address, signed, last_resort, one_time))
     }
 
+    async fn publish_pq_prekeys(
+        &self,
+        address: &DeviceAddress,
+        last_resort: Option<&SignedPqPreKey>,
+        one_time: &[SignedPqPreKey],
+    ) -> Result<(), StorageError> {
+        delegate!(self.publish_pq_prekeys(address, last_resort, one_time))
+    }
+
     async fn take_prekeys(
         &self,
         address: &DeviceAddress,
     ) -> Result<Option<TakenPreKeys>, StorageError> {
         delegate!(self.take_prekeys(address))
+    }
+
+    async fn pq_one_time_prekey_count(&self, address: &DeviceAddress) -> Result<u64, StorageError> {
+        delegate!(self.pq_one_time_prekey_count(address))
     }
 
     async fn one_time_prekey_count(&self, address: &DeviceAddress) -> Result<u64, StorageError> {

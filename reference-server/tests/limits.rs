@@ -299,6 +299,13 @@ async fn shutdown_closes_connections_and_stops_accepting() {
     let (mut raw, _) = account(&server, "leaving").await;
     assert_eq!(raw.request(Request::Ping).await, Ok(Response::Pong));
     let running = server.running.take().unwrap();
+    // The registration's connection is gone once the server has seen it close.
+    for _ in 0..200 {
+        if running.metrics.connections.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(running.metrics.connections.load(Ordering::Relaxed), 1);
     running.shutdown(Duration::from_secs(2)).await;
     assert!(raw.closed().await);

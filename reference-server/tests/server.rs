@@ -15,11 +15,14 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{Backend, NAME, Raw, TestServer, sorted};
 use hush::client::ClientEvent;
-use hush::keys::{DeviceAddress, DeviceAuthKeyPair, DeviceId, IdentityKeyPair, UserId};
+use hush::keys::{
+    DeviceAddress, DeviceAuthKeyPair, DeviceId, IdentityKeyPair, PqPreKeyKind, UserId,
+};
 use hush::wire::protocol::{
     BlobId, BlobKind, CHUNK_LEN, EnvelopeId, ErrorCode, LinkToken, Request, Response, UploadId,
     sign_auth, sign_registration,
@@ -51,6 +54,8 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     two_users_with_two_devices_converse,
+    bundles_carry_pq_prekeys_and_sessions_use_them,
+    an_exhausted_device_hands_out_its_pq_last_resort,
     an_offline_device_gets_its_queue_in_order_then_the_marker,
     unauthenticated_and_foreign_requests_are_refused,
     login_needs_a_fresh_nonce_and_this_server_name,
@@ -179,6 +184,102 @@ async fn two_users_with_two_devices_converse(backend: Backend) {
             .load(std::sync::atomic::Ordering::Relaxed),
         8
     );
+    server.finish().await;
+}
+
+/// The stack runs PQXDH: a client publishes PQ prekeys, a bundle fetched over
+/// the server carries a PQ one-time prekey signed for the device, and a
+/// client's first message takes the next one (a client refuses bundles
+/// without a PQ prekey).
+async fn bundles_carry_pq_prekeys_and_sessions_use_them(backend: Backend) {
+    let Some(server) = server(backend).await else {
+        return;
+    };
+    let mut bob = server.register("bob").await;
+    let storage = server.storage().await;
+    let address = bob.address();
+    assert_eq!(
+        storage.pq_one_time_prekey_count(&address).await.unwrap(),
+        50
+    );
+    let (mut kim, ..) = raw_account(&server, "kim").await;
+    let answer = kim
+        .request(Request::FetchBundles {
+            user: address.user.clone(),
+            devices: Vec::new(),
+        })
+        .await;
+    let Ok(Response::Bundles(bundles)) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(bundles.len(), 1);
+    let pq = bundles[0].pq_prekey.clone().expect("a PQ prekey");
+    assert_eq!(pq.kind(), PqPreKeyKind::OneTime);
+    pq.verify(&bundles[0].identity, &address).unwrap();
+    assert_eq!(
+        storage.pq_one_time_prekey_count(&address).await.unwrap(),
+        49
+    );
+    // Kim cannot publish Bob's PQ prekey as hers.
+    let answer = kim
+        .request(Request::PublishPreKeys {
+            signed: None,
+            last_resort: None,
+            one_time: Vec::new(),
+            pq_last_resort: None,
+            pq_one_time: vec![pq],
+        })
+        .await;
+    assert_eq!(code(&answer), Some(ErrorCode::BadRequest));
+
+    let mut alice = server.register("alice").await;
+    alice.send_and_wait("bob", "post-quantum hello").await;
+    assert_eq!(bob.receive_text().await, "post-quantum hello");
+    assert_eq!(
+        storage.pq_one_time_prekey_count(&address).await.unwrap(),
+        48
+    );
+    server.finish().await;
+}
+
+/// Each fetch takes one of a device's 50 PQ one-time prekeys; once they are
+/// gone (the device is offline, so it cannot top them up) the bundle carries
+/// its PQ last-resort prekey, again and again.
+async fn an_exhausted_device_hands_out_its_pq_last_resort(backend: Backend) {
+    let Some(server) = TestServer::start(backend, |c| {
+        c.limits.prekey_fetches_burst = 100.0;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut bob = server.register("bob").await;
+    let address = bob.address();
+    bob.disconnect().await;
+    let (mut kim, ..) = raw_account(&server, "kim").await;
+    let mut one_time_ids = BTreeSet::new();
+    let mut last_resort = Vec::new();
+    for _ in 0..52 {
+        let answer = kim
+            .request(Request::FetchBundles {
+                user: address.user.clone(),
+                devices: Vec::new(),
+            })
+            .await;
+        let Ok(Response::Bundles(mut bundles)) = answer else {
+            panic!("{answer:?}")
+        };
+        let bundle = bundles.pop().unwrap();
+        let pq = bundle.pq_prekey.clone().expect("a PQ prekey");
+        pq.verify(&bundle.identity, &address).unwrap();
+        match pq.kind() {
+            PqPreKeyKind::OneTime => assert!(one_time_ids.insert(pq.id())),
+            PqPreKeyKind::LastResort => last_resort.push(pq),
+        }
+    }
+    assert_eq!(one_time_ids.len(), 50);
+    assert_eq!(last_resort.len(), 2);
+    assert_eq!(last_resort[0], last_resort[1]);
     server.finish().await;
 }
 

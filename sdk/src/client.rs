@@ -37,14 +37,16 @@ use crate::wire::envelope::{Envelope, EnvelopeError};
 use crate::wire::frame::{FrameDecoder, FrameError, encode_frame};
 use crate::wire::protocol::{
     BlobId, CHUNK_LEN, ClientFrame, Delivery, EnvelopeId, ErrorCode, InvalidServerName,
-    MAX_FRAME_LEN, ProtocolDecodeError, ProtocolError, Push, Request, Response, ServerFrame,
-    UploadId, canonical_server_name, sign_auth,
+    MAX_FRAME_LEN, MAX_PQ_ONE_TIME_PREKEYS_PER_REQUEST, ProtocolDecodeError, ProtocolError, Push,
+    Request, Response, ServerFrame, UploadId, canonical_server_name, sign_auth,
 };
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// One-time prekeys published when the server says they run low.
+    /// One-time prekeys published when the server says they run low; PQ
+    /// one-time prekeys are published in batches of the same size, at most
+    /// [`MAX_PQ_ONE_TIME_PREKEYS_PER_REQUEST`].
     pub one_time_prekey_batch: usize,
     /// Seconds between keep-alive pings.
     pub ping_interval: u64,
@@ -169,8 +171,10 @@ pub enum ClientEvent {
     },
     /// New one-time prekeys were published.
     PreKeysReplenished {
-        /// How many.
+        /// How many one-time prekeys.
         count: usize,
+        /// How many PQ one-time prekeys.
+        pq_count: usize,
     },
     /// The server refused a request.
     ServerError(ProtocolError),
@@ -225,7 +229,7 @@ enum Pending {
     UploadChunk { transfer: u64 },
     UploadFinish { transfer: u64 },
     Download { transfer: u64 },
-    PublishPreKeys { one_time: usize },
+    PublishPreKeys { one_time: usize, pq_one_time: usize },
     ListOwnDevices,
     RemoveDevice { device: DeviceId },
     FetchBundles { job: u64 },
@@ -275,14 +279,10 @@ impl<S: Store> Client<S> {
     /// # Errors
     /// [`ClientError::ServerName`] for a name that is not a DNS name or IP literal.
     pub fn new(
-        mut manager: SessionManager<S>,
+        manager: SessionManager<S>,
         server_name: &str,
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
-        // The server protocol does not carry PQ prekeys yet (its next version
-        // will), so the bundles it hands out are classical: until then the
-        // client opts in to the classical X3DH fallback explicitly.
-        manager.set_classical_fallback(crate::x3dh::ClassicalFallback::Allow);
         Ok(Self {
             manager,
             server_name: canonical_server_name(server_name)?,
@@ -866,6 +866,9 @@ impl<S: Store> Client<S> {
                 signed: Some(bundle.signed_prekey),
                 last_resort: Some(bundle.last_resort_prekey),
                 one_time: Vec::new(),
+                // The manager's bundle carries its current PQ last-resort prekey.
+                pq_last_resort: bundle.pq_prekey,
+                pq_one_time: Vec::new(),
             },
             Pending::Quiet,
         );
@@ -890,18 +893,40 @@ impl<S: Store> Client<S> {
             }
             Push::Deliver(delivery) => self.handle_delivery(rng, delivery, now)?,
             Push::QueueEmpty => self.events.push_back(ClientEvent::QueueEmpty),
-            Push::PreKeysLow { .. } => {
-                let one_time = self
-                    .manager
-                    .generate_one_time_prekeys(rng, self.config.one_time_prekey_batch)?;
-                let count = one_time.len();
+            Push::PreKeysLow {
+                remaining,
+                pq_remaining,
+            } => {
+                // The kind with fewer keys left is the one the server found
+                // low; a kind with less than one batch left is topped up too.
+                let batch = self.config.one_time_prekey_batch;
+                let pq_batch = batch.min(MAX_PQ_ONE_TIME_PREKEYS_PER_REQUEST);
+                let lowest = remaining.min(pq_remaining);
+                let below = |left: u32, batch: usize| left == lowest || (left as usize) < batch;
+                let one_time = if below(remaining, batch) {
+                    self.manager.generate_one_time_prekeys(rng, batch)?
+                } else {
+                    Vec::new()
+                };
+                let pq_one_time = if below(pq_remaining, pq_batch) {
+                    self.manager
+                        .generate_pq_one_time_prekeys(rng, pq_batch, now)?
+                } else {
+                    Vec::new()
+                };
+                let pending = Pending::PublishPreKeys {
+                    one_time: one_time.len(),
+                    pq_one_time: pq_one_time.len(),
+                };
                 self.request(
                     Request::PublishPreKeys {
                         signed: None,
                         last_resort: None,
                         one_time,
+                        pq_last_resort: None,
+                        pq_one_time,
                     },
-                    Pending::PublishPreKeys { one_time: count },
+                    pending,
                 );
             }
             Push::DevicesChanged { user } if user == self.manager.address().user => {
@@ -1026,9 +1051,17 @@ impl<S: Store> Client<S> {
             (Pending::LinkPermission, Ok(Response::LinkPermission { token, .. })) => {
                 self.events.push_back(ClientEvent::LinkPermission(token));
             }
-            (Pending::PublishPreKeys { one_time }, Ok(_)) if one_time > 0 => {
-                self.events
-                    .push_back(ClientEvent::PreKeysReplenished { count: one_time });
+            (
+                Pending::PublishPreKeys {
+                    one_time,
+                    pq_one_time,
+                },
+                Ok(_),
+            ) if one_time + pq_one_time > 0 => {
+                self.events.push_back(ClientEvent::PreKeysReplenished {
+                    count: one_time,
+                    pq_count: pq_one_time,
+                });
             }
             (Pending::ListOwnDevices, Ok(Response::Devices(certificates))) => {
                 let own = self.manager.address().clone();

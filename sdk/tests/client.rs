@@ -19,9 +19,10 @@ use hush::client::{
 };
 use hush::keys::{
     DeviceAddress, DeviceAuthKey, DeviceAuthKeyPair, DeviceCertificate, DeviceId, IdentityKey,
-    IdentityKeyPair, OneTimePreKey, SignedPreKey, UserId,
+    IdentityKeyPair, OneTimePreKey, PqPreKeyKind, SignedPqPreKey, SignedPreKey, UserId,
 };
 use hush::link::{LinkCode, LinkRequest, seal_link};
+use hush::session::SessionMessage;
 use hush::store::{MemoryStore, StorageKey};
 use hush::wire::content::Body;
 use hush::wire::frame::{FrameDecoder, encode_frame};
@@ -42,6 +43,8 @@ struct DeviceRecord {
     signed: Option<SignedPreKey>,
     last_resort: Option<SignedPreKey>,
     one_time: VecDeque<OneTimePreKey>,
+    pq_last_resort: Option<SignedPqPreKey>,
+    pq_one_time: VecDeque<SignedPqPreKey>,
 }
 
 struct Account {
@@ -69,6 +72,8 @@ struct Server {
     uploads: BTreeMap<UploadId, (u64, Vec<u8>)>,
     blobs: BTreeMap<BlobId, Vec<u8>>,
     permissions: Vec<(UserId, LinkToken)>,
+    /// For every initial message relayed: whether it is PQXDH (version 2).
+    initial_pq: Vec<bool>,
 }
 
 impl Server {
@@ -83,6 +88,7 @@ impl Server {
             uploads: BTreeMap::new(),
             blobs: BTreeMap::new(),
             permissions: Vec::new(),
+            initial_pq: Vec::new(),
         }
     }
 
@@ -169,8 +175,11 @@ impl Server {
             signed_prekey: d.signed.clone()?,
             last_resort_prekey: d.last_resort.clone()?,
             one_time_prekey: d.one_time.pop_front(),
-            // The server protocol does not carry PQ prekeys yet.
-            pq_prekey: None,
+            // A PQ one-time prekey while one is left, else the PQ last resort.
+            pq_prekey: d
+                .pq_one_time
+                .pop_front()
+                .or_else(|| d.pq_last_resort.clone()),
         })
     }
 
@@ -197,12 +206,16 @@ impl Server {
                 self.push_to(device, Push::Deliver(delivery));
             }
             self.push_to(device, Push::QueueEmpty);
-            let low = self.accounts[&device.user].devices[&device.device]
-                .one_time
-                .len()
-                < 5;
-            if low {
-                self.push_to(device, Push::PreKeysLow { remaining: 0 });
+            let d = &self.accounts[&device.user].devices[&device.device];
+            let (remaining, pq_remaining) = (d.one_time.len() as u32, d.pq_one_time.len() as u32);
+            if remaining.min(pq_remaining) < 5 {
+                self.push_to(
+                    device,
+                    Push::PreKeysLow {
+                        remaining,
+                        pq_remaining,
+                    },
+                );
             }
             return Ok(Response::Authenticated { server_time: T0 });
         }
@@ -311,6 +324,8 @@ impl Server {
                 signed,
                 last_resort,
                 one_time,
+                pq_last_resort,
+                pq_one_time,
             } => {
                 let account = self.accounts.get_mut(&me.user).unwrap();
                 let identity = account.identity;
@@ -320,6 +335,19 @@ impl Server {
                         return err(ErrorCode::BadRequest, "bad prekey signature");
                     }
                 }
+                let pq_kinds = pq_last_resort
+                    .iter()
+                    .map(|k| (k, PqPreKeyKind::LastResort))
+                    .chain(pq_one_time.iter().map(|k| (k, PqPreKeyKind::OneTime)));
+                for (k, kind) in pq_kinds {
+                    if k.kind() != kind || k.verify(&identity, &me).is_err() {
+                        return err(ErrorCode::BadRequest, "bad PQ prekey signature");
+                    }
+                }
+                if pq_last_resort.is_some() {
+                    d.pq_last_resort = pq_last_resort;
+                }
+                d.pq_one_time.extend(pq_one_time);
                 if signed.is_some() {
                     d.signed = signed;
                 }
@@ -387,6 +415,11 @@ impl Server {
                 for (device, envelope) in envelopes {
                     if envelope.sender() != &me {
                         return err(ErrorCode::Forbidden, "sender mismatch");
+                    }
+                    if let Ok(SessionMessage::Initial { header, .. }) =
+                        SessionMessage::from_bytes(envelope.message())
+                    {
+                        self.initial_pq.push(header.prekeys.kem().is_some());
                     }
                     let to = DeviceAddress::new(recipient.clone(), device);
                     let delivery = Delivery {
@@ -701,7 +734,10 @@ fn world() -> World {
         assert!(has(d, |e| matches!(e, ClientEvent::Authenticated)));
         assert!(has(d, |e| matches!(
             e,
-            ClientEvent::PreKeysReplenished { count: 50 }
+            ClientEvent::PreKeysReplenished {
+                count: 50,
+                pq_count: 50
+            }
         )));
     }
     World {
@@ -714,6 +750,51 @@ fn world() -> World {
 
 fn user(name: &str) -> UserId {
     UserId::new(name).unwrap()
+}
+
+/// On `PreKeysLow` the client tops up the kind with fewer keys left, and any
+/// kind with less than one batch left, never the other (which could pass
+/// the server's cap).
+#[test]
+fn prekeys_low_replenishes_the_kind_that_runs_low() {
+    let World {
+        mut server,
+        mut alice1,
+        mut bob,
+        ..
+    } = world();
+    let published = |server: &Server| {
+        let d = &server.accounts[&user("alice")].devices[&DeviceId(1)];
+        (d.one_time.len(), d.pq_one_time.len())
+    };
+    assert_eq!(published(&server), (50, 50));
+    for (remaining, pq_remaining, count, pq_count) in [
+        (900, 3, 0, 50),
+        (2, 900, 50, 0),
+        (20, 30, 50, 50),
+        (60, 60, 50, 50),
+    ] {
+        alice1.events.clear();
+        let before = published(&server);
+        server.push_to(
+            &alice1.address(),
+            Push::PreKeysLow {
+                remaining,
+                pq_remaining,
+            },
+        );
+        pump(&mut server, &mut [&mut alice1, &mut bob]);
+        assert!(
+            has(&alice1, |e| matches!(
+                e,
+                ClientEvent::PreKeysReplenished { count: c, pq_count: p }
+                    if (*c, *p) == (count, pq_count)
+            )),
+            "{remaining}/{pq_remaining}: {:?}",
+            alice1.events
+        );
+        assert_eq!(published(&server), (before.0 + count, before.1 + pq_count));
+    }
 }
 
 #[test]
@@ -744,6 +825,25 @@ fn messages_flow_both_ways_and_are_acked_only_after_confirm() {
         .unwrap();
     pump(&mut server, &mut [&mut alice1, &mut bob]);
     assert_eq!(alice1.texts(), vec!["hi Alice"]);
+    // Sessions made through the client are PQXDH, on a PQ one-time prekey
+    // each (the default refuses bundles without a PQ prekey).
+    assert!(!server.initial_pq.is_empty());
+    assert!(
+        server.initial_pq.iter().all(|&pq| pq),
+        "{:?}",
+        server.initial_pq
+    );
+    let left = |d: &Dev| {
+        server.accounts[&d.address().user].devices[&d.address().device]
+            .pq_one_time
+            .len()
+    };
+    assert_eq!(
+        left(&bob),
+        49,
+        "Alice's session used one of Bob's PQ one-time prekeys"
+    );
+    assert_eq!(left(&alice1), 50, "Bob answered in Alice's session");
 }
 
 #[test]
@@ -1138,6 +1238,10 @@ fn timers_ping_rotate_and_publish_prekeys() {
         .signed
         .clone()
         .unwrap();
+    let first_pq = server.accounts[&user("alice")].devices[&DeviceId(1)]
+        .pq_last_resort
+        .clone()
+        .unwrap();
     let due = alice1.client.poll_timeout().unwrap();
     assert_eq!(due, T0 + ClientConfig::default().ping_interval);
     // Eight days later: a ping, a rotation, and the new prekeys published.
@@ -1153,6 +1257,12 @@ fn timers_ping_rotate_and_publish_prekeys() {
         .clone()
         .unwrap();
     assert_ne!(now_published.id(), first.id());
+    // The PQ last-resort prekey rotates and is published with them.
+    let pq_published = server.accounts[&user("alice")].devices[&DeviceId(1)]
+        .pq_last_resort
+        .clone()
+        .unwrap();
+    assert_ne!(pq_published.id(), first_pq.id());
     assert!(!has(&alice1, |e| matches!(e, ClientEvent::ServerError(_))));
     // A new correspondent starts on the new prekeys.
     let mut carol = Dev::new(

@@ -439,6 +439,12 @@ fn bundle_and_initial_message_sizes_are_as_documented() {
     assert_eq!(classical_initial.len(), 1 + 197 + 53 + 2 + 16);
     assert_eq!(pq_initial.len(), classical_initial.len() + 1 + 4 + 1568);
     assert_eq!(SignedPqPreKey::ENCODED_LEN, 1645);
+    // The envelope cap leaves room for the largest header, a PQXDH one with
+    // a 255-byte user id ("alice" has 5).
+    assert_eq!(
+        197 + 1 + 4 + KEM_CIPHERTEXT_LEN + (255 - 5),
+        hush::wire::envelope::MAX_INITIAL_HEADER_LEN
+    );
 }
 
 /// When a retired PQ last-resort prekey passes its grace period, it goes

@@ -3,7 +3,7 @@
 
 use hush::keys::{
     DeviceAddress, DeviceAuthKey, DeviceCertificate, DeviceId, IdentityKey, OneTimePreKey,
-    PreKeyId, SignedPreKey, UserId, X25519PublicKey,
+    PreKeyId, SignedPqPreKey, SignedPreKey, UserId, X25519PublicKey,
 };
 use hush::wire::envelope::Envelope;
 use hush::wire::protocol::{BlobId, EnvelopeId};
@@ -59,6 +59,10 @@ pub(super) fn certificate(
 
 pub(super) fn signed_prekey(bytes: &[u8], table: Table) -> Result<SignedPreKey, StorageError> {
     SignedPreKey::from_bytes(bytes).map_err(|_| StorageError::Corrupt(table))
+}
+
+pub(super) fn pq_prekey(bytes: &[u8], table: Table) -> Result<SignedPqPreKey, StorageError> {
+    SignedPqPreKey::from_bytes(bytes).map_err(|_| StorageError::Corrupt(table))
 }
 
 pub(super) fn one_time_prekey<T: TryInto<u32>>(

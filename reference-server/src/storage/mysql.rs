@@ -21,7 +21,7 @@ use std::fmt;
 
 use hush::keys::{
     DeviceAddress, DeviceAuthKey, DeviceCertificate, DeviceId, IdentityKey, OneTimePreKey,
-    SignedPreKey, UserId,
+    SignedPqPreKey, SignedPreKey, UserId,
 };
 use hush::wire::protocol::{BlobId, Delivery, EnvelopeId, LinkToken};
 use mysql_async::prelude::{FromValue, Queryable};
@@ -40,6 +40,7 @@ use super::{
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/mysql/0001_init.sql"),
     include_str!("migrations/mysql/0002_link_permission_issuer.sql"),
+    include_str!("migrations/mysql/0003_pq_prekeys.sql"),
 ];
 
 /// The advisory lock that keeps two servers from migrating one database at
@@ -569,11 +570,17 @@ impl Storage for MysqlStorage {
                 (user, keep_id),
             )
             .await?;
-            tx.exec_drop(
-                "DELETE FROM one_time_prekeys WHERE user_id = ? AND device_id = ?",
-                (user, keep_id),
-            )
-            .await?;
+            for table in [
+                "one_time_prekeys",
+                "pq_one_time_prekeys",
+                "pq_last_resort_prekeys",
+            ] {
+                tx.exec_drop(
+                    format!("DELETE FROM {table} WHERE user_id = ? AND device_id = ?"),
+                    (user, keep_id),
+                )
+                .await?;
+            }
             tx.exec_drop("DELETE FROM link_permissions WHERE user_id = ?", (user,))
                 .await?;
             Ok(removed)
@@ -646,6 +653,56 @@ impl Storage for MysqlStorage {
         })
     }
 
+    async fn publish_pq_prekeys(
+        &self,
+        address: &DeviceAddress,
+        last_resort: Option<&SignedPqPreKey>,
+        one_time: &[SignedPqPreKey],
+    ) -> Result<(), StorageError> {
+        let user = user_bytes(&address.user);
+        let device = address.device.0;
+        let last_resort = last_resort.map(SignedPqPreKey::to_bytes);
+        transaction!(self, TxOpts::default(), |tx| {
+            let exists: Option<Row> = tx
+                .exec_first(
+                    "SELECT 1 FROM devices WHERE user_id = ? AND device_id = ? LOCK IN SHARE MODE",
+                    (user, device),
+                )
+                .await?;
+            if exists.is_none() {
+                return Err(StorageError::NoSuchDevice);
+            }
+            if let Some(prekey) = &last_resort {
+                tx.exec_drop(
+                    "INSERT INTO pq_last_resort_prekeys (user_id, device_id, prekey)
+                     VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE prekey = VALUES(prekey)",
+                    (user, device, prekey.as_slice()),
+                )
+                .await?;
+            }
+            for chunk in one_time.chunks(PREKEY_CHUNK) {
+                let mut params = Vec::with_capacity(chunk.len() * 4);
+                for prekey in chunk {
+                    params.push(Value::from(user));
+                    params.push(Value::from(device));
+                    params.push(Value::from(prekey.id().0));
+                    params.push(Value::from(prekey.to_bytes()));
+                }
+                // An id the device already has keeps its key.
+                tx.exec_drop(
+                    format!(
+                        "INSERT INTO pq_one_time_prekeys (user_id, device_id, prekey_id, prekey)
+                         VALUES {} ON DUPLICATE KEY UPDATE prekey_id = prekey_id",
+                        value_rows(chunk.len(), 4)
+                    ),
+                    Params::Positional(params),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
     async fn take_prekeys(
         &self,
         address: &DeviceAddress,
@@ -694,10 +751,50 @@ impl Storage for MysqlStorage {
                 }
                 None => None,
             };
+            // The same for the PQ one-time prekeys.
+            let pq_one_time: Option<Row> = tx
+                .exec_first(
+                    "SELECT prekey_id, prekey FROM pq_one_time_prekeys
+                     WHERE user_id = ? AND device_id = ?
+                     ORDER BY prekey_id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    (user, device),
+                )
+                .await?;
+            let pq_one_time = match pq_one_time {
+                Some(mut row) => {
+                    const P: Table = "pq_one_time_prekeys";
+                    let id: u32 = take(&mut row, 0, P)?;
+                    let prekey: Vec<u8> = take(&mut row, 1, P)?;
+                    tx.exec_drop(
+                        "DELETE FROM pq_one_time_prekeys
+                         WHERE user_id = ? AND device_id = ? AND prekey_id = ?",
+                        (user, device, id),
+                    )
+                    .await?;
+                    Some(decode::pq_prekey(&prekey, P)?)
+                }
+                None => None,
+            };
+            let pq_last_resort: Option<Row> = tx
+                .exec_first(
+                    "SELECT prekey FROM pq_last_resort_prekeys WHERE user_id = ? AND device_id = ?",
+                    (user, device),
+                )
+                .await?;
+            let pq_last_resort = match pq_last_resort {
+                Some(mut row) => {
+                    const L: Table = "pq_last_resort_prekeys";
+                    let prekey: Vec<u8> = take(&mut row, 0, L)?;
+                    Some(decode::pq_prekey(&prekey, L)?)
+                }
+                None => None,
+            };
             Ok(Some(TakenPreKeys {
                 signed: decode::signed_prekey(&signed, T)?,
                 last_resort: decode::signed_prekey(&last_resort, T)?,
                 one_time,
+                pq_last_resort,
+                pq_one_time,
             }))
         })
     }
@@ -713,6 +810,19 @@ impl Storage for MysqlStorage {
             .await?
             .ok_or(StorageError::Corrupt("one_time_prekeys"))?;
         take(&mut row, 0, "one_time_prekeys")
+    }
+
+    async fn pq_one_time_prekey_count(&self, address: &DeviceAddress) -> Result<u64, StorageError> {
+        let mut row: Row = self
+            .conn()
+            .await?
+            .exec_first(
+                "SELECT COUNT(*) FROM pq_one_time_prekeys WHERE user_id = ? AND device_id = ?",
+                (user_bytes(&address.user), address.device.0),
+            )
+            .await?
+            .ok_or(StorageError::Corrupt("pq_one_time_prekeys"))?;
+        take(&mut row, 0, "pq_one_time_prekeys")
     }
 
     async fn enqueue(&self, envelopes: &[NewEnvelope]) -> Result<(), StorageError> {

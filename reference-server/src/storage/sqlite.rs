@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use hush::keys::{
     DeviceAddress, DeviceAuthKey, DeviceCertificate, DeviceId, IdentityKey, OneTimePreKey,
-    SignedPreKey, UserId,
+    SignedPqPreKey, SignedPreKey, UserId,
 };
 use hush::wire::protocol::{BlobId, Delivery, EnvelopeId, LinkToken};
 use rusqlite::{
@@ -33,6 +33,7 @@ use super::{
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_link_permission_issuer.sql"),
+    include_str!("migrations/sqlite/0003_pq_prekeys.sql"),
 ];
 
 /// How many read-only connections a file database keeps.
@@ -519,10 +520,16 @@ impl Storage for SqliteStorage {
                  WHERE user_id = ?1 AND device_id = ?2",
                 (user, keep_id),
             )?;
-            tx.execute(
-                "DELETE FROM one_time_prekeys WHERE user_id = ?1 AND device_id = ?2",
-                (user, keep_id),
-            )?;
+            for table in [
+                "one_time_prekeys",
+                "pq_one_time_prekeys",
+                "pq_last_resort_prekeys",
+            ] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE user_id = ?1 AND device_id = ?2"),
+                    (user, keep_id),
+                )?;
+            }
             tx.execute("DELETE FROM link_permissions WHERE user_id = ?1", [user])?;
             Ok(removed)
         })
@@ -587,6 +594,42 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn publish_pq_prekeys(
+        &self,
+        address: &DeviceAddress,
+        last_resort: Option<&SignedPqPreKey>,
+        one_time: &[SignedPqPreKey],
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        let address = address.clone();
+        let last_resort = last_resort.map(SignedPqPreKey::to_bytes);
+        let one_time: Vec<(u32, Vec<u8>)> =
+            one_time.iter().map(|k| (k.id().0, k.to_bytes())).collect();
+        self.write(move |tx| {
+            if !device_exists(tx, &address)? {
+                return Err(StorageError::NoSuchDevice);
+            }
+            let user = address.user.as_str();
+            let device = address.device.0;
+            if let Some(prekey) = last_resort {
+                tx.execute(
+                    "INSERT INTO pq_last_resort_prekeys (user_id, device_id, prekey)
+                     VALUES (?1, ?2, ?3)
+                     ON CONFLICT (user_id, device_id) DO UPDATE SET prekey = excluded.prekey",
+                    (user, device, prekey),
+                )?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO pq_one_time_prekeys (user_id, device_id, prekey_id, prekey)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, device_id, prekey_id) DO NOTHING",
+            )?;
+            for (id, prekey) in &one_time {
+                insert.execute((user, device, id, prekey))?;
+            }
+            Ok(())
+        })
+    }
+
     fn take_prekeys(
         &self,
         address: &DeviceAddress,
@@ -626,10 +669,39 @@ impl Storage for SqliteStorage {
                 }
                 None => None,
             };
+            let pq_one_time: Option<(i64, Vec<u8>)> = tx
+                .prepare_cached(
+                    "SELECT prekey_id, prekey FROM pq_one_time_prekeys
+                     WHERE user_id = ?1 AND device_id = ?2 ORDER BY prekey_id LIMIT 1",
+                )?
+                .query_row((user, device), |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let pq_one_time = match pq_one_time {
+                Some((id, prekey)) => {
+                    tx.prepare_cached(
+                        "DELETE FROM pq_one_time_prekeys
+                         WHERE user_id = ?1 AND device_id = ?2 AND prekey_id = ?3",
+                    )?
+                    .execute((user, device, id))?;
+                    Some(decode::pq_prekey(&prekey, "pq_one_time_prekeys")?)
+                }
+                None => None,
+            };
+            let pq_last_resort: Option<Vec<u8>> = tx
+                .prepare_cached(
+                    "SELECT prekey FROM pq_last_resort_prekeys
+                     WHERE user_id = ?1 AND device_id = ?2",
+                )?
+                .query_row((user, device), |row| row.get(0))
+                .optional()?;
             Ok(Some(TakenPreKeys {
                 signed: decode::signed_prekey(&signed, T)?,
                 last_resort: decode::signed_prekey(&last_resort, T)?,
                 one_time,
+                pq_last_resort: pq_last_resort
+                    .map(|b| decode::pq_prekey(&b, "pq_last_resort_prekeys"))
+                    .transpose()?,
+                pq_one_time,
             }))
         })
     }
@@ -646,6 +718,22 @@ impl Storage for SqliteStorage {
                 )?
                 .query_row((address.user.as_str(), address.device.0), |row| row.get(0))?;
             uint(count, "one_time_prekeys")
+        })
+    }
+
+    fn pq_one_time_prekey_count(
+        &self,
+        address: &DeviceAddress,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        let address = address.clone();
+        self.read(move |conn| {
+            let count: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM pq_one_time_prekeys
+                     WHERE user_id = ?1 AND device_id = ?2",
+                )?
+                .query_row((address.user.as_str(), address.device.0), |row| row.get(0))?;
+            uint(count, "pq_one_time_prekeys")
         })
     }
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use hush::SessionManager;
 use hush::keys::{
-    DeviceAddress, DeviceAuthKeyPair, DeviceId, IdentityKeyPair, OneTimePreKey, PreKeyId,
-    SignedPreKey, UserId,
+    DeviceAddress, DeviceAuthKeyPair, DeviceId, IdentityKeyPair, OneTimePreKey, PqPreKeyKind,
+    PreKeyId, SignedPqPreKey, SignedPreKey, UserId,
 };
 use hush::session::SessionMessage;
 use hush::store::{MemoryStore, StorageKey};
@@ -45,7 +45,7 @@ pub(crate) trait TestDb: Sized {
 }
 
 /// The schema version the embedded migrations reach.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 
 /// Declares one `#[tokio::test]` per conformance case for the [`TestDb`]
 /// `$db`.
@@ -66,6 +66,8 @@ macro_rules! conformance_tests {
             deleting_an_account_removes_everything,
             publishing_prekeys_replaces_and_adds,
             prekeys_are_taken_in_order_then_only_the_last_resort,
+            publishing_pq_prekeys_replaces_and_adds,
+            pq_prekeys_are_taken_in_order_then_only_the_pq_last_resort,
             enqueue_is_all_or_nothing,
             the_queue_keeps_order_across_batches_and_pages,
             large_envelopes_round_trip,
@@ -83,6 +85,18 @@ macro_rules! conformance_tests {
                 return;
             };
             conformance::concurrent_takers_never_share_a_one_time_prekey(
+                conformance::TestDb::storage(&db),
+            )
+            .await;
+            conformance::TestDb::close(db).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn concurrent_takers_never_share_a_pq_one_time_prekey() {
+            let Some(db) = <$db as conformance::TestDb>::fresh().await else {
+                return;
+            };
+            conformance::concurrent_takers_never_share_a_pq_one_time_prekey(
                 conformance::TestDb::storage(&db),
             )
             .await;
@@ -184,12 +198,25 @@ impl Keys {
     }
 
     /// The prekeys a real device of `account` would publish as `device`:
-    /// its signed and last-resort prekeys and `one_time` one-time prekeys.
+    /// its signed, last-resort and PQ last-resort prekeys, `one_time`
+    /// one-time prekeys and as many PQ one-time prekeys.
     pub(crate) fn prekeys(
         &mut self,
         account: &Account,
         device: DeviceId,
         one_time: usize,
+    ) -> PreKeys {
+        self.prekeys_with(account, device, one_time, one_time)
+    }
+
+    /// [`Self::prekeys`] with `pq_one_time` PQ one-time prekeys (their ids
+    /// follow the one-time prekeys').
+    pub(crate) fn prekeys_with(
+        &mut self,
+        account: &Account,
+        device: DeviceId,
+        one_time: usize,
+        pq_one_time: usize,
     ) -> PreKeys {
         let identity = IdentityKeyPair::from_seed_bytes(&account.identity.to_seed_bytes());
         let mut manager = SessionManager::create(
@@ -208,10 +235,15 @@ impl Keys {
         let one_time = manager
             .generate_one_time_prekeys(&mut self.rng, one_time)
             .unwrap();
+        let pq_one_time = manager
+            .generate_pq_one_time_prekeys(&mut self.rng, pq_one_time, NOW)
+            .unwrap();
         PreKeys {
             signed: bundle.signed_prekey,
             last_resort: bundle.last_resort_prekey,
             one_time,
+            pq_last_resort: bundle.pq_prekey.unwrap(),
+            pq_one_time,
             certificate: manager.certificate().clone(),
         }
     }
@@ -222,6 +254,8 @@ pub(crate) struct PreKeys {
     pub(crate) signed: SignedPreKey,
     pub(crate) last_resort: SignedPreKey,
     pub(crate) one_time: Vec<OneTimePreKey>,
+    pub(crate) pq_last_resort: SignedPqPreKey,
+    pub(crate) pq_one_time: Vec<SignedPqPreKey>,
     pub(crate) certificate: hush::keys::DeviceCertificate,
 }
 
@@ -268,7 +302,8 @@ pub(crate) async fn link<S: Storage>(s: &S, keys: &mut Keys, account: &Account) 
         .unwrap()
 }
 
-/// Publishes a full set of prekeys for `device`.
+/// Publishes a full set of prekeys for `device`: `one_time` one-time
+/// prekeys and as many PQ one-time prekeys.
 pub(crate) async fn publish<S: Storage>(
     s: &S,
     keys: &mut Keys,
@@ -277,15 +312,23 @@ pub(crate) async fn publish<S: Storage>(
     one_time: usize,
 ) -> PreKeys {
     let prekeys = keys.prekeys(account, DeviceId(device), one_time);
+    publish_all(s, &account.device(device), &prekeys).await;
+    prekeys
+}
+
+/// Publishes every prekey of `prekeys` for `device`.
+pub(crate) async fn publish_all<S: Storage>(s: &S, device: &DeviceAddress, prekeys: &PreKeys) {
     s.publish_prekeys(
-        &account.device(device),
+        device,
         Some(&prekeys.signed),
         Some(&prekeys.last_resort),
         &prekeys.one_time,
     )
     .await
     .unwrap();
-    prekeys
+    s.publish_pq_prekeys(device, Some(&prekeys.pq_last_resort), &prekeys.pq_one_time)
+        .await
+        .unwrap();
 }
 
 async fn device_ids<S: Storage>(s: &S, user: &UserId) -> Vec<u32> {
@@ -592,11 +635,13 @@ pub(crate) async fn removing_a_device_removes_its_prekeys_queue_and_push_token<S
     assert_eq!(s.device(&two).await.unwrap(), None);
     assert_eq!(s.take_prekeys(&two).await.unwrap(), None);
     assert_eq!(s.one_time_prekey_count(&two).await.unwrap(), 0);
+    assert_eq!(s.pq_one_time_prekey_count(&two).await.unwrap(), 0);
     assert_eq!(s.queued(&two, 0, 100).await.unwrap(), vec![]);
     assert_eq!(s.push_token(&two).await.unwrap(), None);
     assert_eq!(s.queue_depth().await.unwrap(), 1);
 
     assert_eq!(s.one_time_prekey_count(&one).await.unwrap(), 3);
+    assert_eq!(s.pq_one_time_prekey_count(&one).await.unwrap(), 3);
     assert_eq!(queued_ids(s, &one).await, vec![batch[0].delivery.id]);
     assert_eq!(
         s.push_token(&one).await.unwrap().as_deref(),
@@ -650,6 +695,7 @@ pub(crate) async fn replacing_the_identity_keeps_one_device<S: Storage>(s: &S) {
     assert_eq!(devices[0].certificate, None);
     assert_eq!(s.take_prekeys(&keep).await.unwrap(), None);
     assert_eq!(s.one_time_prekey_count(&keep).await.unwrap(), 0);
+    assert_eq!(s.pq_one_time_prekey_count(&keep).await.unwrap(), 0);
     // The kept device's queue and push token stay.
     assert_eq!(queued_ids(s, &keep).await, vec![queued.delivery.id]);
     assert_eq!(
@@ -665,8 +711,17 @@ pub(crate) async fn replacing_the_identity_keeps_one_device<S: Storage>(s: &S) {
     ));
     // New devices continue after the highest id ever given.
     assert_eq!(link(s, &mut keys, &alice).await, DeviceId(4));
+    // The PQ last-resort prekey went too: new classical prekeys alone
+    // come without one.
+    let fresh = keys.prekeys(&alice, DeviceId(2), 0);
+    s.publish_prekeys(&keep, Some(&fresh.signed), Some(&fresh.last_resort), &[])
+        .await
+        .unwrap();
+    let taken = s.take_prekeys(&keep).await.unwrap().unwrap();
+    assert_eq!((taken.pq_last_resort, taken.pq_one_time), (None, None));
     // Bob is untouched.
-    assert!(s.take_prekeys(&bob.device(1)).await.unwrap().is_some());
+    let bobs = s.take_prekeys(&bob.device(1)).await.unwrap().unwrap();
+    assert!(bobs.pq_one_time.is_some() && bobs.pq_last_resort.is_some());
     assert_eq!(
         s.identity(&bob.user).await.unwrap(),
         Some(bob.identity.public_key())
@@ -733,6 +788,7 @@ pub(crate) async fn deleting_an_account_removes_everything<S: Storage>(s: &S) {
         let address = alice.device(device);
         assert_eq!(s.take_prekeys(&address).await.unwrap(), None);
         assert_eq!(s.one_time_prekey_count(&address).await.unwrap(), 0);
+        assert_eq!(s.pq_one_time_prekey_count(&address).await.unwrap(), 0);
         assert_eq!(s.queued(&address, 0, 100).await.unwrap(), vec![]);
         assert_eq!(s.push_token(&address).await.unwrap(), None);
     }
@@ -875,6 +931,9 @@ pub(crate) async fn prekeys_are_taken_in_order_then_only_the_last_resort<S: Stor
                 signed: prekeys.signed.clone(),
                 last_resort: prekeys.last_resort.clone(),
                 one_time: Some(*shuffled.iter().find(|k| k.id.0 == id).unwrap()),
+                // No PQ prekeys were published.
+                pq_last_resort: None,
+                pq_one_time: None,
             }
         );
         assert_eq!(s.one_time_prekey_count(&device).await.unwrap(), left);
@@ -922,6 +981,152 @@ pub(crate) async fn concurrent_takers_never_share_a_one_time_prekey<S: Storage>(
         assert!(prekeys.one_time.contains(key));
     }
     assert_eq!(s.one_time_prekey_count(&device).await.unwrap(), 0);
+}
+
+/// Publishing PQ prekeys replaces the PQ last-resort prekey when one is
+/// given and adds PQ one-time prekeys, ignoring ids the device already has.
+pub(crate) async fn publishing_pq_prekeys_replaces_and_adds<S: Storage>(s: &S) {
+    let mut keys = Keys::new(26);
+    let alice = account(s, &mut keys, "alice").await;
+    let device = alice.device(1);
+    // PQ one-time ids: 4..=6 in the first set, 7 and 8 in the second
+    // (after its three one-time prekeys), 4 and 5 again in the third.
+    let first = keys.prekeys_with(&alice, DeviceId(1), 0, 3);
+    let second = keys.prekeys_with(&alice, DeviceId(1), 3, 2);
+    let third = keys.prekeys_with(&alice, DeviceId(1), 0, 2);
+    assert_eq!(third.pq_one_time[0].id(), first.pq_one_time[0].id());
+    assert_ne!(first.pq_last_resort, second.pq_last_resort);
+    assert!(matches!(
+        s.publish_pq_prekeys(&alice.device(2), Some(&first.pq_last_resort), &[])
+            .await,
+        Err(StorageError::NoSuchDevice)
+    ));
+    // PQ prekeys alone are not handed out: the bundle needs the classical ones.
+    s.publish_pq_prekeys(&device, Some(&first.pq_last_resort), &first.pq_one_time)
+        .await
+        .unwrap();
+    assert_eq!(s.take_prekeys(&device).await.unwrap(), None);
+    assert_eq!(s.pq_one_time_prekey_count(&device).await.unwrap(), 3);
+    assert_eq!(s.one_time_prekey_count(&device).await.unwrap(), 0);
+    s.publish_prekeys(&device, Some(&first.signed), Some(&first.last_resort), &[])
+        .await
+        .unwrap();
+
+    // The same PQ one-time prekeys again, other keys under two of their
+    // ids, and the second set's: the repeated ids keep their first key.
+    // Without a last resort, the old one stays.
+    let mut again = first.pq_one_time.clone();
+    again.extend_from_slice(&third.pq_one_time);
+    again.extend_from_slice(&second.pq_one_time);
+    s.publish_pq_prekeys(&device, None, &again).await.unwrap();
+    assert_eq!(s.pq_one_time_prekey_count(&device).await.unwrap(), 5);
+    let taken = s.take_prekeys(&device).await.unwrap().unwrap();
+    assert_eq!(taken.pq_last_resort.as_ref(), Some(&first.pq_last_resort));
+    assert_eq!(taken.pq_one_time.as_ref(), Some(&first.pq_one_time[0]));
+    assert_eq!(taken.pq_prekey(), Some(&first.pq_one_time[0]));
+
+    // A new PQ last resort replaces the old one.
+    s.publish_pq_prekeys(&device, Some(&second.pq_last_resort), &[])
+        .await
+        .unwrap();
+    let taken = s.take_prekeys(&device).await.unwrap().unwrap();
+    assert_eq!(taken.pq_last_resort.as_ref(), Some(&second.pq_last_resort));
+    assert_eq!(taken.pq_one_time.as_ref(), Some(&first.pq_one_time[1]));
+    assert_eq!(s.pq_one_time_prekey_count(&device).await.unwrap(), 3);
+    for key in [
+        &first.pq_one_time[2],
+        &second.pq_one_time[0],
+        &second.pq_one_time[1],
+    ] {
+        let taken = s.take_prekeys(&device).await.unwrap().unwrap();
+        assert_eq!(taken.pq_one_time.as_ref(), Some(key));
+        assert_eq!(
+            taken.pq_one_time.as_ref().map(SignedPqPreKey::kind),
+            Some(PqPreKeyKind::OneTime)
+        );
+    }
+    assert_eq!(s.pq_one_time_prekey_count(&device).await.unwrap(), 0);
+}
+
+/// PQ one-time prekeys go out lowest id first, each once and independently
+/// of the classical one-time prekeys; then the bundle's PQ prekey is the PQ
+/// last resort.
+pub(crate) async fn pq_prekeys_are_taken_in_order_then_only_the_pq_last_resort<S: Storage>(s: &S) {
+    let mut keys = Keys::new(27);
+    let alice = account(s, &mut keys, "alice").await;
+    let device = alice.device(1);
+    let prekeys = keys.prekeys_with(&alice, DeviceId(1), 1, 3);
+    let mut reversed = prekeys.pq_one_time.clone();
+    reversed.reverse();
+    s.publish_prekeys(
+        &device,
+        Some(&prekeys.signed),
+        Some(&prekeys.last_resort),
+        &prekeys.one_time,
+    )
+    .await
+    .unwrap();
+    s.publish_pq_prekeys(&device, Some(&prekeys.pq_last_resort), &reversed)
+        .await
+        .unwrap();
+    let mut ids: Vec<u32> = prekeys.pq_one_time.iter().map(|k| k.id().0).collect();
+    ids.sort_unstable();
+    for (left, id) in [2, 1, 0].into_iter().zip(ids) {
+        let taken = s.take_prekeys(&device).await.unwrap().unwrap();
+        let pq = taken.pq_one_time.clone().unwrap();
+        assert_eq!(pq.id().0, id);
+        assert!(prekeys.pq_one_time.contains(&pq));
+        assert_eq!(taken.pq_prekey(), Some(&pq));
+        assert_eq!(taken.pq_last_resort.as_ref(), Some(&prekeys.pq_last_resort));
+        assert_eq!(s.pq_one_time_prekey_count(&device).await.unwrap(), left);
+        // The single classical one-time prekey went to the first taker.
+        assert_eq!(taken.one_time.is_some(), left == 2);
+    }
+    for _ in 0..2 {
+        let taken = s.take_prekeys(&device).await.unwrap().unwrap();
+        assert_eq!(taken.signed, prekeys.signed);
+        assert_eq!(taken.one_time, None);
+        assert_eq!(taken.pq_one_time, None);
+        assert_eq!(taken.pq_prekey(), Some(&prekeys.pq_last_resort));
+    }
+}
+
+/// 100 concurrent takers share 50 PQ one-time prekeys (and no classical
+/// one): each PQ key goes to exactly one of them, and the other 50 get only
+/// the PQ last resort.
+pub(crate) async fn concurrent_takers_never_share_a_pq_one_time_prekey<S: Storage>(s: Arc<S>) {
+    let mut keys = Keys::new(28);
+    let alice = account(&*s, &mut keys, "alice").await;
+    let device = alice.device(1);
+    let prekeys = keys.prekeys_with(&alice, DeviceId(1), 0, 50);
+    publish_all(&*s, &device, &prekeys).await;
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            let device = device.clone();
+            tokio::spawn(async move { s.take_prekeys(&device).await })
+        })
+        .collect();
+    let mut handed_out = Vec::new();
+    let mut last_resort = 0;
+    for task in tasks {
+        let taken = task.await.unwrap().unwrap().unwrap();
+        assert_eq!(taken.one_time, None);
+        assert_eq!(taken.pq_last_resort.as_ref(), Some(&prekeys.pq_last_resort));
+        match taken.pq_one_time {
+            Some(key) => handed_out.push(key),
+            None => last_resort += 1,
+        }
+    }
+    assert_eq!(handed_out.len(), 50);
+    assert_eq!(last_resort, 50);
+    let distinct: BTreeSet<u32> = handed_out.iter().map(|k| k.id().0).collect();
+    let published: BTreeSet<u32> = prekeys.pq_one_time.iter().map(|k| k.id().0).collect();
+    assert_eq!(distinct, published);
+    for key in &handed_out {
+        assert!(prekeys.pq_one_time.contains(key));
+    }
+    assert_eq!(s.pq_one_time_prekey_count(&device).await.unwrap(), 0);
 }
 
 /// A reader that pages with `seq > after` while 8 writers queue 200
@@ -1322,8 +1527,14 @@ pub(crate) async fn data_survives_reopening<D: TestDb>(db: D) -> D {
         Some("token")
     );
     assert_eq!(s.one_time_prekey_count(&alice.device(2)).await.unwrap(), 3);
+    assert_eq!(
+        s.pq_one_time_prekey_count(&alice.device(2)).await.unwrap(),
+        3
+    );
     let taken = s.take_prekeys(&alice.device(2)).await.unwrap().unwrap();
     assert_eq!(taken.signed, prekeys.signed);
+    assert_eq!(taken.pq_last_resort, Some(prekeys.pq_last_resort.clone()));
+    assert!(prekeys.pq_one_time.contains(&taken.pq_one_time.unwrap()));
     let deliveries: Vec<Delivery> = s
         .queued(&alice.device(2), 0, 10)
         .await

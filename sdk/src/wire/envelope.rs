@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use super::padding;
 use crate::codec::DecodeError;
-use crate::keys::{DeviceAddress, UserId};
+use crate::keys::{DeviceAddress, KEM_CIPHERTEXT_LEN, UserId};
 use crate::ratchet::{HEADER_LEN, TAG_LEN};
 use crate::session::SessionMessage;
 
@@ -14,10 +14,17 @@ use crate::session::SessionMessage;
 pub const ENVELOPE_VERSION: u8 = 1;
 /// The largest plaintext content, before padding: 1 MiB.
 pub const MAX_CONTENT_LEN: usize = 1 << 20;
-/// The largest X3DH initial header: version, a certificate with a 255-byte
-/// user id, identity, base key, prekey choice and creation time.
-pub const MAX_INITIAL_HEADER_LEN: usize =
-    1 + (1 + 1 + UserId::MAX_LEN + 4 + 32 + 8 + 64) + 32 + 32 + 1 + 8 + 8;
+/// The largest initial header, a PQXDH one: version, a certificate with a
+/// 255-byte user id, identity, base key, prekey choice, creation time, and
+/// the PQ prekey kind, id and ML-KEM-1024 ciphertext.
+pub const MAX_INITIAL_HEADER_LEN: usize = 1
+    + (1 + 1 + UserId::MAX_LEN + 4 + 32 + 8 + 64)
+    + 32
+    + 32
+    + 1
+    + 8
+    + 8
+    + (1 + 4 + KEM_CIPHERTEXT_LEN);
 /// The largest session message: tag, initial header, ratchet header, the
 /// padded maximal content and the tag.
 pub const MAX_SESSION_MESSAGE_LEN: usize =

@@ -12,15 +12,21 @@ use super::envelope::{Envelope, MAX_ENVELOPE_LEN};
 use crate::codec::DecodeError;
 use crate::keys::{
     DeviceAddress, DeviceAuthKey, DeviceAuthKeyPair, DeviceCertificate, DeviceId, IdentityKey,
-    IdentityKeyPair, KeyError, OneTimePreKey, PreKeyBundle, SignatureLabel, SignedPreKey, UserId,
+    IdentityKeyPair, KeyError, OneTimePreKey, PreKeyBundle, SignatureLabel, SignedPqPreKey,
+    SignedPreKey, UserId,
 };
 
-/// The protocol version byte that starts every frame payload.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version byte that starts every frame payload. Version 2
+/// carries ML-KEM-1024 prekeys (PQXDH) in bundles, publishes and pushes.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Devices per account, at most.
 pub const MAX_DEVICES_PER_USER: usize = 6;
 /// One-time prekeys per publish request, at most.
 pub const MAX_ONE_TIME_PREKEYS_PER_REQUEST: usize = 100;
+/// PQ one-time prekeys per publish request, at most (each is
+/// [`SignedPqPreKey::ENCODED_LEN`] bytes, so a full request stays far below
+/// [`MAX_FRAME_LEN`]).
+pub const MAX_PQ_ONE_TIME_PREKEYS_PER_REQUEST: usize = 50;
 /// Attachment bytes per upload or download chunk.
 pub const CHUNK_LEN: usize = 64 * 1024;
 /// Bytes a frame may hold before the connection is authenticated.
@@ -174,6 +180,11 @@ pub enum Request {
         last_resort: Option<SignedPreKey>,
         /// One-time prekeys, at most [`MAX_ONE_TIME_PREKEYS_PER_REQUEST`].
         one_time: Vec<OneTimePreKey>,
+        /// A new PQ last-resort prekey (kind [`PqPreKeyKind::LastResort`](crate::keys::PqPreKeyKind::LastResort)).
+        pq_last_resort: Option<SignedPqPreKey>,
+        /// PQ one-time prekeys (kind [`PqPreKeyKind::OneTime`](crate::keys::PqPreKeyKind::OneTime)),
+        /// at most [`MAX_PQ_ONE_TIME_PREKEYS_PER_REQUEST`].
+        pq_one_time: Vec<SignedPqPreKey>,
     },
     /// Fetches a bundle for devices of a user (one one-time prekey each).
     FetchBundles {
@@ -265,8 +276,8 @@ pub enum Request {
 }
 
 impl Request {
-    /// Checks the limits the types cannot express: one-time prekeys per
-    /// publish, envelopes per send (one per device), chunk sizes, ids per
+    /// Checks the limits the types cannot express: one-time and PQ one-time
+    /// prekeys per publish, envelopes per send (one per device), chunk sizes, ids per
     /// ack, token and sealed-message lengths. A server calls it on every
     /// request; the client never builds a request that fails it.
     ///
@@ -288,6 +299,15 @@ impl Request {
                     "one-time prekeys",
                     one_time.len(),
                     MAX_ONE_TIME_PREKEYS_PER_REQUEST,
+                )
+            }
+            Request::PublishPreKeys { pq_one_time, .. }
+                if pq_one_time.len() > MAX_PQ_ONE_TIME_PREKEYS_PER_REQUEST =>
+            {
+                too_large(
+                    "PQ one-time prekeys",
+                    pq_one_time.len(),
+                    MAX_PQ_ONE_TIME_PREKEYS_PER_REQUEST,
                 )
             }
             Request::Send { envelopes, .. } => {
@@ -473,10 +493,14 @@ pub enum Push {
     Deliver(Delivery),
     /// Every queued envelope was delivered; new ones follow live.
     QueueEmpty,
-    /// Fewer one-time prekeys than the server's threshold remain.
+    /// Fewer one-time prekeys, or fewer PQ one-time prekeys, than the
+    /// server's threshold remain; both counts are given so the client can
+    /// replenish the kind that runs low.
     PreKeysLow {
-        /// How many remain.
+        /// How many one-time prekeys remain.
         remaining: u32,
+        /// How many PQ one-time prekeys remain.
+        pq_remaining: u32,
     },
     /// The sealed linking message, on a provisioning connection.
     Provisioning {
@@ -685,7 +709,10 @@ mod tests {
     use rand_chacha::rand_core::SeedableRng;
 
     use super::*;
-    use crate::keys::{PreKeyId, PreKeyKind, PreKeySettings, PreKeyState, X25519PublicKey};
+    use crate::keys::{
+        PqPreKeyKind, PqPreKeySecret, PreKeyId, PreKeyKind, PreKeySettings, PreKeyState,
+        X25519PublicKey,
+    };
     use crate::secret::Secret32;
     use crate::session::SessionMessage;
 
@@ -698,6 +725,8 @@ mod tests {
         signed: SignedPreKey,
         last_resort: SignedPreKey,
         one_time: OneTimePreKey,
+        pq_last_resort: SignedPqPreKey,
+        pq_one_time: SignedPqPreKey,
         envelope: Envelope,
         bytes: Vec<u8>,
         rng: ChaCha20Rng,
@@ -721,6 +750,11 @@ mod tests {
             id: PreKeyId(seed as u32),
             key: X25519PublicKey::from_secret(&Secret32::random(&mut rng)),
         };
+        let pq = |rng: &mut ChaCha20Rng, kind, id| {
+            PqPreKeySecret::generate(rng, &identity, &address, kind, PreKeyId(id), seed).public
+        };
+        let pq_last_resort = pq(&mut rng, PqPreKeyKind::LastResort, 1);
+        let pq_one_time = pq(&mut rng, PqPreKeyKind::OneTime, 2);
         let len = (seed % 300) as usize;
         let mut bytes = vec![0u8; len];
         rng.fill_bytes(&mut bytes);
@@ -736,6 +770,8 @@ mod tests {
             signed: prekeys.current(PreKeyKind::Signed).unwrap().clone(),
             last_resort: prekeys.current(PreKeyKind::LastResort).unwrap().clone(),
             one_time,
+            pq_last_resort,
+            pq_one_time,
             envelope,
             bytes,
             rng,
@@ -772,11 +808,23 @@ mod tests {
                 signed: Some(s.signed.clone()),
                 last_resort: Some(s.last_resort.clone()),
                 one_time: vec![s.one_time; (s.bytes.len() % 5) + 1],
+                pq_last_resort: Some(s.pq_last_resort.clone()),
+                pq_one_time: vec![s.pq_one_time.clone(); (s.bytes.len() % 3) + 1],
             },
             Request::PublishPreKeys {
                 signed: None,
                 last_resort: None,
                 one_time: Vec::new(),
+                pq_last_resort: None,
+                pq_one_time: Vec::new(),
+            },
+            // The largest publish the limits allow still fits a frame.
+            Request::PublishPreKeys {
+                signed: Some(s.signed.clone()),
+                last_resort: Some(s.last_resort.clone()),
+                one_time: vec![s.one_time; MAX_ONE_TIME_PREKEYS_PER_REQUEST],
+                pq_last_resort: Some(s.pq_last_resort.clone()),
+                pq_one_time: vec![s.pq_one_time.clone(); MAX_PQ_ONE_TIME_PREKEYS_PER_REQUEST],
             },
             Request::FetchBundles {
                 user: s.user.clone(),
@@ -848,7 +896,7 @@ mod tests {
             signed_prekey: s.signed.clone(),
             last_resort_prekey: s.last_resort.clone(),
             one_time_prekey: Some(s.one_time),
-            pq_prekey: None,
+            pq_prekey: Some(s.pq_one_time.clone()),
         };
         let responses = vec![
             Ok(Response::Ok),
@@ -860,6 +908,11 @@ mod tests {
                 bundle.clone(),
                 PreKeyBundle {
                     one_time_prekey: None,
+                    pq_prekey: Some(s.pq_last_resort.clone()),
+                    ..bundle.clone()
+                },
+                PreKeyBundle {
+                    pq_prekey: None,
                     ..bundle
                 },
             ])),
@@ -905,7 +958,10 @@ mod tests {
                 envelope: s.envelope.clone(),
             }),
             Push::QueueEmpty,
-            Push::PreKeysLow { remaining: 3 },
+            Push::PreKeysLow {
+                remaining: 3,
+                pq_remaining: 70,
+            },
             Push::Provisioning {
                 sealed: s.bytes.clone(),
             },
@@ -1013,6 +1069,15 @@ mod tests {
                 signed: None,
                 last_resort: None,
                 one_time: vec![s.one_time; 101],
+                pq_last_resort: None,
+                pq_one_time: Vec::new(),
+            },
+            Request::PublishPreKeys {
+                signed: None,
+                last_resort: None,
+                one_time: Vec::new(),
+                pq_last_resort: None,
+                pq_one_time: vec![s.pq_one_time.clone(); MAX_PQ_ONE_TIME_PREKEYS_PER_REQUEST + 1],
             },
             Request::Send {
                 recipient: s.user.clone(),
@@ -1058,12 +1123,14 @@ mod tests {
             request: Request::Ping,
         }
         .to_payload();
-        let mut other = payload.clone();
-        other[0] = 2;
-        assert_eq!(
-            ClientFrame::from_payload(&other),
-            Err(ProtocolDecodeError::Version(2))
-        );
+        for old_or_new in [1, PROTOCOL_VERSION + 1] {
+            let mut other = payload.clone();
+            other[0] = old_or_new;
+            assert_eq!(
+                ClientFrame::from_payload(&other),
+                Err(ProtocolDecodeError::Version(old_or_new))
+            );
+        }
         assert!(ClientFrame::from_payload(&[]).is_err());
 
         let nonce = Nonce::random(&mut s.rng);
