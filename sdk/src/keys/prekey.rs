@@ -194,6 +194,51 @@ pub struct PreKeyBundle {
 }
 
 impl PreKeyBundle {
+    /// The version byte of [`Self::to_bytes`].
+    pub const VERSION: u8 = 1;
+    /// The longest encoded bundle [`Self::from_bytes`] reads: the largest
+    /// bundle (a 255-byte user id, every prekey, an ML-KEM-1024 key) is about
+    /// 2.3 KiB.
+    pub const MAX_LEN: usize = 4096;
+
+    /// Encodes the bundle for an app that moves bundles over its own
+    /// transport: the version byte, then the bundle as the reference server
+    /// protocol carries it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![Self::VERSION];
+        // Serializing to a Vec cannot fail: every field has a fixed or
+        // length-prefixed encoding.
+        if let Ok(body) = postcard::to_allocvec(self) {
+            out.extend_from_slice(&body);
+        }
+        out
+    }
+
+    /// Decodes a bundle written by [`Self::to_bytes`]. The signatures are
+    /// not checked here: [`crate::SessionManager::start_session`] checks them.
+    ///
+    /// # Errors
+    /// [`DecodeError::TooLong`] over [`Self::MAX_LEN`], or another
+    /// [`DecodeError`] for malformed input.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > Self::MAX_LEN {
+            return Err(DecodeError::TooLong {
+                len: bytes.len(),
+                max: Self::MAX_LEN,
+            });
+        }
+        let (&version, body) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+        if version != Self::VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let (bundle, rest) =
+            postcard::take_from_bytes::<Self>(body).map_err(|_| DecodeError::Truncated)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes(rest.len()));
+        }
+        Ok(bundle)
+    }
+
     /// The device this bundle belongs to.
     pub fn address(&self) -> &DeviceAddress {
         self.certificate.address()
