@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use hush::attachment::{AttachmentPointer, Decryptor, Encryptor, PendingPointer};
 use zeroize::Zeroizing;
 
+use crate::HushError;
 use crate::device::lock;
 use crate::types::{AttachmentInfo, AttachmentKind, fresh_rng};
-use crate::HushError;
 
 /// What a pointer says (kind, media type, sizes), without downloading.
 ///
@@ -21,6 +21,10 @@ pub fn attachment_info(pointer: Vec<u8>) -> Result<AttachmentInfo, HushError> {
     Ok((&AttachmentPointer::from_bytes(&pointer)?).into())
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per object, behind its mutex; never moved in a hot path"
+)]
 enum EncryptState {
     Running(Encryptor),
     Finished(PendingPointer),

@@ -263,7 +263,10 @@ impl Client {
         }
     }
 
-    fn transfer(&self, f: impl FnOnce(&mut SdkClient) -> Result<(), HushError>) -> Result<(), HushError> {
+    fn transfer(
+        &self,
+        f: impl FnOnce(&mut SdkClient) -> Result<(), HushError>,
+    ) -> Result<(), HushError> {
         self.with(|c, _| f(c))
     }
 }
@@ -373,9 +376,14 @@ impl Client {
         let recipient = user_id(&recipient)?;
         let pointer = hush::attachment::AttachmentPointer::from_bytes(&pointer)?;
         self.with(|c, rng| {
-            Ok(c.send(rng, &recipient, Body::Attachment { pointer, caption }, unix_now())?
-                .0
-                .to_vec())
+            Ok(c.send(
+                rng,
+                &recipient,
+                Body::Attachment { pointer, caption },
+                unix_now(),
+            )?
+            .0
+            .to_vec())
         })
     }
 
@@ -401,9 +409,14 @@ impl Client {
             ReceiptKind::Delivered
         };
         self.with(|c, rng| {
-            Ok(c.send(rng, &recipient, Body::Receipt { kind, messages }, unix_now())?
-                .0
-                .to_vec())
+            Ok(c.send(
+                rng,
+                &recipient,
+                Body::Receipt { kind, messages },
+                unix_now(),
+            )?
+            .0
+            .to_vec())
         })
     }
 
@@ -438,8 +451,10 @@ impl Client {
         plaintext_len: u64,
     ) -> Result<u64, HushError> {
         self.with(|c, rng| {
-            Ok(c.begin_upload(rng, kind.to_sdk(), &media_type, plaintext_len)?
-                .0)
+            Ok(
+                c.begin_upload(rng, kind.to_sdk(), &media_type, plaintext_len)?
+                    .0,
+            )
         })
     }
 

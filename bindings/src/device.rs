@@ -11,8 +11,8 @@ use zeroize::Zeroizing;
 
 use crate::storage::{AppStorage, DeviceStore};
 use crate::types::{
-    DecryptedMessage, DeviceAddress, InboxEntry, SafetyNumber, ServerErrorCode, TrustEvent,
-    fixed, fresh_rng, unix_now, user_id,
+    DecryptedMessage, DeviceAddress, InboxEntry, SafetyNumber, ServerErrorCode, TrustEvent, fixed,
+    fresh_rng, unix_now, user_id,
 };
 use crate::{Client, HushError};
 
@@ -37,6 +37,10 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, HushError> 
     })
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per object, behind its mutex; never moved in a hot path"
+)]
 enum NewKeys {
     Account {
         identity: IdentityKeyPair,
@@ -135,12 +139,9 @@ impl NewDevice {
                 identity,
                 auth,
                 user,
-            }) => hush::client::Registration::new_account(
-                identity,
-                auth,
-                user.clone(),
-                &server_name,
-            )?,
+            }) => {
+                hush::client::Registration::new_account(identity, auth, user.clone(), &server_name)?
+            }
             Some(NewKeys::Linked { linked, auth }) => {
                 hush::client::Registration::linked_device(linked, auth, &server_name)?
             }
@@ -289,9 +290,9 @@ impl Registration {
     pub fn poll_event(&self) -> Result<Option<RegistrationEvent>, HushError> {
         let event = lock(&self.inner)?.poll_event();
         Ok(event.map(|event| match event {
-            hush::client::RegistrationEvent::Registered(device) => {
-                RegistrationEvent::Registered { device_id: device.0 }
-            }
+            hush::client::RegistrationEvent::Registered(device) => RegistrationEvent::Registered {
+                device_id: device.0,
+            },
             hush::client::RegistrationEvent::ShowCode(code) => RegistrationEvent::ShowCode {
                 code: code.to_bytes(),
             },
@@ -315,6 +316,10 @@ impl Registration {
 }
 
 /// A device's SDK state: its session manager, or the client that owns it.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per object, behind its mutex; never moved in a hot path"
+)]
 pub(crate) enum Mode {
     Manager(SessionManager<DeviceStore>),
     Client(Box<hush::client::Client<DeviceStore>>),
@@ -548,7 +553,13 @@ impl Device {
     /// signature.
     pub fn start_session(&self, bundle: Vec<u8>) -> Result<Vec<TrustEvent>, HushError> {
         let bundle = hush::PreKeyBundle::from_bytes(&bundle)?;
-        self.with(|m, rng| Ok(TrustEvent::all(m.start_session(rng, &bundle, unix_now())?)))
+        self.with(|m, rng| {
+            Ok(TrustEvent::all(m.start_session(
+                rng,
+                &bundle,
+                unix_now(),
+            )?))
+        })
     }
 
     /// Whether there is a session with the device.

@@ -80,9 +80,15 @@ impl TrustEvent {
                 user: user.as_str().to_owned(),
                 identity: identity.to_bytes().to_vec(),
             },
-            hush::Event::DeviceAdded(a) => Self::DeviceAdded { device: (&a).into() },
-            hush::Event::DeviceChanged(a) => Self::DeviceChanged { device: (&a).into() },
-            hush::Event::DeviceRemoved(a) => Self::DeviceRemoved { device: (&a).into() },
+            hush::Event::DeviceAdded(a) => Self::DeviceAdded {
+                device: (&a).into(),
+            },
+            hush::Event::DeviceChanged(a) => Self::DeviceChanged {
+                device: (&a).into(),
+            },
+            hush::Event::DeviceRemoved(a) => Self::DeviceRemoved {
+                device: (&a).into(),
+            },
             // A newer SDK event this facade does not know yet.
             _ => return None,
         })
