@@ -160,6 +160,54 @@ final class HushLiveTests: XCTestCase {
         await a.shutdown()
     }
 
+    func testLinkingASecondSwiftDevice() async throws {
+        let server = try liveServer()
+        let user = uniqueUser("multi")
+        let peer = uniqueUser("peer")
+        let first = try await newDevice(server, user)
+        let other = try await newDevice(server, peer)
+        let f = try await connect(server, first)
+
+        // The new device shows a code; the first device approves it.
+        var sink: AsyncStream<Data>.Continuation?
+        let codes = AsyncStream<Data> { sink = $0 }
+        let codeSink = try XCTUnwrap(sink)
+        let newSide = Task { () throws -> (NewDevice, UInt32) in
+            let account = try await waitForLink(server: server, timeout: 30) { code in
+                codeSink.yield(code)
+            }
+            return try await registerLinkedDevice(account, server: server)
+        }
+        var iterator = codes.makeAsyncIterator()
+        let shown = await iterator.next()
+        let code = try XCTUnwrap(shown)
+        try f.call { try $0.requestLinkPermission() }
+        let permissionEvent = try await f.waitFor { event in
+            if case .client(.linkPermission) = event { return true }
+            return false
+        }
+        guard case let .client(.linkPermission(permission)) = permissionEvent else {
+            return XCTFail("\(permissionEvent)")
+        }
+        try f.call { try $0.sendLink(code: code, permission: permission) }
+        let (keys, deviceId) = try await newSide.value
+        let second = try Device.createSqlite(path: directory.appendingPathComponent("second.db").path,
+                                             storageKey: generateStorageKey(), newDevice: keys, deviceId: deviceId)
+        XCTAssertEqual(try second.address().user, user)
+        XCTAssertEqual(try second.identityKey(), try first.identityKey())
+        await f.shutdown()
+
+        let s = try await connect(server, second)
+        let o = try await connect(server, other)
+        try o.sendText(recipient: user, text: "to both devices")
+        _ = try await o.waitFor(isSent)
+        let got = try await s.waitFor(isMessage("to both devices"))
+        guard case let .client(.message(envelopeId, _, _, _)) = got else { return XCTFail("\(got)") }
+        try s.confirm(envelopeId: envelopeId)
+        await s.shutdown()
+        await o.shutdown()
+    }
+
     func testRefusedRegistrationThrows() async throws {
         let server = try liveServer()
         let user = uniqueUser("taken")
