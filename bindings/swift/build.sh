@@ -96,12 +96,14 @@ done
 mkdir -p "$here/Sources/Hush" "$here/Sources/hush_ffiFFI"
 cp -f "$gen/hush_ffi.swift" "$here/Sources/Hush/hush_ffi.swift"
 cp -f "$gen/hush_ffiFFI.h" "$here/Sources/hush_ffiFFI/hush_ffiFFI.h"
-if [ "$(uname -s)" = "Darwin" ]; then
-    cp -f "$gen/hush_ffiFFI.modulemap" "$here/Sources/hush_ffiFFI/module.modulemap"
-else
-    # There is no Darwin module off Apple platforms.
-    grep -v 'use "Darwin"' "$gen/hush_ffiFFI.modulemap" >"$here/Sources/hush_ffiFFI/module.modulemap"
-fi
+# SwiftPM and XCFrameworks want the name module.modulemap. The generated map
+# declares `use "Darwin"`, `use "_Builtin_stdbool"` and `use "_Builtin_stdint"`;
+# they are dropped: there is no Darwin module off Apple platforms, and newer
+# Xcode toolchains no longer have the builtin modules, where such a map fails
+# to build and the generated Swift's `#if canImport(hush_ffiFFI)` silently
+# turns false (uniffi-rs issue 2917). The header includes what it needs.
+grep -v '^[[:space:]]*use "' "$gen/hush_ffiFFI.modulemap" >"$gen/module.modulemap"
+cp -f "$gen/module.modulemap" "$here/Sources/hush_ffiFFI/module.modulemap"
 echo "wrote Sources/Hush/hush_ffi.swift, Sources/hush_ffiFFI/{hush_ffiFFI.h,module.modulemap}, lib/$lib_name"
 
 if [ "$xcframework" != true ]; then
@@ -156,7 +158,7 @@ lipo -create \
     "$target_dir/x86_64-apple-darwin/release/libhush_ffi.a" \
     -output "$out/macos/libhush_ffi.a"
 cp -f "$gen/hush_ffiFFI.h" "$out/headers/hush_ffiFFI.h"
-cp -f "$gen/hush_ffiFFI.modulemap" "$out/headers/module.modulemap"
+cp -f "$gen/module.modulemap" "$out/headers/module.modulemap"
 
 xcodebuild -create-xcframework \
     -library "$out/ios/libhush_ffi.a" -headers "$out/headers" \
