@@ -1,7 +1,10 @@
-// swift-tools-version:5.9
+// swift-tools-version:5.10
 //
 // Hush for Swift: the uniffi bindings of the Hush SDK and a ready
 // connection over Network.framework.
+//
+// Tools 5.10 (Xcode 15.3) at least: the Swift uniffi 0.32 generates uses
+// `nonisolated(unsafe)`, which Swift 5.9 does not know.
 //
 // Nothing generated is committed. Run `./build.sh` first; it builds the Rust
 // library `hush-ffi` and writes:
