@@ -12,8 +12,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
-# A Python virtual environment for the independent vector check (and, later,
-# the Python bindings' tests).
+# A Python virtual environment for the independent vector check and the
+# Python bindings' tests.
 VENV="${HUSH_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
@@ -35,3 +35,6 @@ cargo nextest run --workspace --all-features --no-fail-fast
 cargo test --workspace --all-features --doc
 # An independent implementation of docs/protocol.md checks the test vectors.
 "$VENV/bin/python" tests/vectors/verify.py
+# Python, Kotlin and Swift bindings, and the PyQt6 client (installs their
+# tools where missing: see scripts/bindings-tools.sh).
+HUSH_VENV="$VENV" ./scripts/test-bindings.sh

@@ -330,6 +330,9 @@ pub(crate) enum Mode {
 pub(crate) struct Inner {
     pub(crate) mode: Mode,
     pub(crate) rng: StdRng,
+    /// Trust events of [`PeerSession::decrypt`] and
+    /// [`PeerSession::start`], until [`Device::take_trust_events`].
+    pub(crate) trust_events: Vec<TrustEvent>,
 }
 
 impl Inner {
@@ -374,6 +377,7 @@ impl Device {
             shared: Arc::new(Mutex::new(Inner {
                 mode: Mode::Manager(manager),
                 rng: fresh_rng(),
+                trust_events: Vec::new(),
             })),
         })
     }
@@ -603,6 +607,28 @@ impl Device {
         })
     }
 
+    /// The session with `peer`, for the hot path: its `encrypt` and
+    /// `decrypt` take and return plain bytes. There need not be a session
+    /// yet (`encrypt` raises [`HushError::NoSession`] until one starts).
+    ///
+    /// # Errors
+    /// [`HushError::InvalidArgument`] for a bad user id.
+    pub fn session(&self, peer: DeviceAddress) -> Result<Arc<PeerSession>, HushError> {
+        Ok(Arc::new(PeerSession {
+            shared: self.shared.clone(),
+            peer: peer.to_sdk()?,
+        }))
+    }
+
+    /// Takes the trust events that [`PeerSession::decrypt`] queued (a new
+    /// identity or device seen with a first message); show them.
+    ///
+    /// # Errors
+    /// [`HushError::Internal`] only.
+    pub fn take_trust_events(&self) -> Result<Vec<TrustEvent>, HushError> {
+        Ok(std::mem::take(&mut lock(&self.shared)?.trust_events))
+    }
+
     /// The safety number with `user`, or none before their identity is
     /// known.
     ///
@@ -719,4 +745,58 @@ impl Device {
 /// Checks a link code's bytes (hex text is what `hush-cli` shows).
 pub(crate) fn link_code(bytes: &[u8]) -> Result<LinkCode, HushError> {
     Ok(LinkCode::from_bytes(bytes)?)
+}
+
+/// One peer device's session, bound once so that the hot path passes plain
+/// bytes only (no address to convert on every call). Shares the device's
+/// state: every call is stored before it returns, as with [`Device`].
+#[derive(uniffi::Object)]
+pub struct PeerSession {
+    shared: Shared,
+    peer: hush::keys::DeviceAddress,
+}
+
+impl std::fmt::Debug for PeerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSession")
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+#[uniffi::export]
+impl PeerSession {
+    /// The peer device.
+    pub fn peer(&self) -> DeviceAddress {
+        (&self.peer).into()
+    }
+
+    /// Encrypts for the peer. The plaintext is borrowed, not copied, across
+    /// the boundary: Python passes `bytes`, Swift `Data`, Kotlin a direct
+    /// `ByteBuffer` (`ByteBuffer.allocateDirect`); `Device.encrypt` takes a
+    /// plain byte array.
+    ///
+    /// # Errors
+    /// [`HushError::NoSession`], [`HushError::Storage`].
+    pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, HushError> {
+        let mut inner = lock(&self.shared)?;
+        let (manager, rng) = inner.manager()?;
+        Ok(manager.encrypt(rng, &self.peer, plaintext, unix_now())?)
+    }
+
+    /// Decrypts a message from the peer (a first message starts the
+    /// session). Trust events go to [`Device::take_trust_events`]. The
+    /// message is borrowed, as in [`Self::encrypt`].
+    ///
+    /// # Errors
+    /// As [`Device::decrypt`].
+    pub fn decrypt(&self, message: &[u8]) -> Result<Vec<u8>, HushError> {
+        let mut inner = lock(&self.shared)?;
+        let (manager, rng) = inner.manager()?;
+        let decrypted = manager.decrypt(rng, &self.peer, message, unix_now())?;
+        if !decrypted.events.is_empty() {
+            inner.trust_events.extend(TrustEvent::all(decrypted.events));
+        }
+        Ok(decrypted.plaintext)
+    }
 }

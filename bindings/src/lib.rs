@@ -11,6 +11,7 @@
 //! | [`NewDevice`] | the keys of a device not yet registered, and its [`Registration`] |
 //! | [`Registration`] | the sans-IO side of registering or linking |
 //! | [`Device`] | a registered device over its store: sessions, safety numbers |
+//! | [`PeerSession`] | one peer's session: the byte-in, byte-out hot path |
 //! | [`Client`] | the sans-IO protocol client of the same device |
 //! | [`AttachmentEncryptor`], [`AttachmentDecryptor`] | chunked attachment encryption |
 //! | [`AppStorage`] | a store the app provides (a callback interface) |
@@ -36,7 +37,8 @@ mod types;
 pub use attachment::{AttachmentDecryptor, AttachmentEncryptor, attachment_info};
 pub use client::{Client, ClientEvent};
 pub use device::{
-    Device, LinkedAccount, NewDevice, Registration, RegistrationEvent, generate_storage_key,
+    Device, LinkedAccount, NewDevice, PeerSession, Registration, RegistrationEvent,
+    generate_storage_key,
 };
 pub use error::HushError;
 pub use storage::{AppStorage, StoreOp, StoredRow};

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -262,3 +263,15 @@ def test_linking_a_second_python_device(server, tmp_path, unique_user):
         o.wait_for(lambda e: isinstance(e, ClientEvent.SENT))
         got = s.wait_for(is_message("to both devices"))
         s.confirm(got.envelope_id)
+
+
+def test_the_python_quickstart_example_runs(server):
+    script = Path(__file__).resolve().parents[3] / "examples" / "python" / "quickstart.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--server", server.address, "--server-name", SERVER_NAME,
+         "--ca", str(server.cert)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "received from alice-" in out.stdout and "received from bob-" in out.stdout
+    assert "safety number of" in out.stdout

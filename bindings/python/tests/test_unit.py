@@ -295,3 +295,24 @@ def test_registration_and_client_are_sans_io():
         device.client("bad name!")
     # The device keeps working beside its client.
     assert client.device().address() == device.address()
+
+
+def test_peer_sessions_pass_plain_bytes_and_queue_trust_events():
+    alice, bob = make_device("alice"), make_device("bob")
+    to_bob = alice.session(bob.address())
+    with pytest.raises(HushError.NoSession):
+        to_bob.encrypt(b"too early")
+    alice.start_session(bob.bundle())
+    from_alice = bob.session(alice.address())
+    assert from_alice.peer() == alice.address()
+    assert from_alice.decrypt(to_bob.encrypt(b"first")) == b"first"
+    events = bob.take_trust_events()
+    assert any(isinstance(e, hush.TrustEvent.IDENTITY_TRUSTED) and e.user == "alice"
+               for e in events)
+    assert bob.take_trust_events() == []
+    to_alice = bob.session(alice.address())
+    from_bob = alice.session(bob.address())
+    for i in range(10):
+        assert from_bob.decrypt(to_alice.encrypt(b"%d" % i)) == b"%d" % i
+    with pytest.raises(HushError.Refused):
+        from_bob.decrypt(b"\x00" * 40)
