@@ -123,12 +123,12 @@ def describe(record: dict) -> str:
     """One line for a message record, as the conversation view shows it."""
     when = time.strftime("%H:%M", time.localtime(record["time"]))
     if record["kind"] == "file":
-        body = f"📎 {record['name']} ({record['size']:,} bytes)"
+        body = f"file {record['name']} ({record['size']:,} bytes)"
     elif record["kind"] == "system":
         return f"— {record['text']} —"
     else:
         body = record["text"]
-    status = {"pending": "  ⏳ pending", "sent": "  ✓ sent", "failed": "  ✗ failed"}
+    status = {"pending": "  … pending", "sent": "  ✓ sent", "failed": "  ✗ failed"}
     return f"[{when}] {record['sender']}: {body}{status.get(record.get('status'), '')}"
 
 
@@ -173,18 +173,21 @@ class AttachmentRow(QWidget):
     def __init__(self, record: dict, on_save) -> None:
         super().__init__()
         self.record = record
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(4, 2, 4, 2)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
         self.label = QLabel(describe(record))
-        layout.addWidget(self.label, 1)
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(120)
-        self.progress.setVisible(False)
-        layout.addWidget(self.progress)
+        layout.addWidget(self.label)
+        row = QHBoxLayout()
         self.save_button = QPushButton("Save…")
         self.save_button.clicked.connect(lambda: on_save(self))
         self.save_button.setVisible(record["direction"] == "in")
-        layout.addWidget(self.save_button)
+        row.addWidget(self.save_button)
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(200)
+        self.progress.setVisible(False)
+        row.addWidget(self.progress)
+        row.addStretch(1)
+        layout.addLayout(row)
 
     def refresh(self) -> None:
         self.label.setText(describe(self.record))
@@ -742,6 +745,12 @@ class HushWindow(QMainWindow):
 
     def shutdown(self) -> None:
         if self.conn is not None:
+            # Give sends still on their way (copies for our other devices
+            # report no SENT) a moment to reach the server.
+            deadline = time.monotonic() + 3
+            while (self.conn.is_connected and self.conn.client.has_pending_sends()
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
             self.conn.close()
             self.conn = None
         # The store stays locked while the device (or a client of it) lives.

@@ -176,9 +176,13 @@ def test_two_windows_chat_send_a_file_and_compare_safety_numbers(
     source.write_bytes(data)
     monkeypatch.setattr(hush_gui.QFileDialog, "getOpenFileName",
                         lambda *a, **k: (str(source), ""))
+    progress = alice.conversations[bob_id].upload_progress
+    seen: list[int] = []
+    progress.valueChanged.connect(seen.append)
     alice.conversations[bob_id].file_button.click()
     spin(lambda: shows(bob, alice_id, "report.bin"), "bob to see the attachment")
-    assert alice.conversations[bob_id].upload_progress.value() == 100
+    assert progress.value() == 100
+    assert seen == [0, 42, 85, 100], seen  # 0, then one step per 256 KiB piece
     spin(lambda: shows(alice, bob_id, "report.bin (614,400 bytes)  ✓ sent"),
          "the attachment to be marked sent")
 
