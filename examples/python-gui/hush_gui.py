@@ -333,7 +333,7 @@ class HushWindow(QMainWindow):
         self.device: Optional[Device] = None
         self.conn: Optional[hush.Connection] = None
         self.connected = False
-        self.ready = False  # logged in and the server's queue delivered
+        self.queue_empty = False  # logged in and the server's queue delivered
         self.conversations: dict[str, ConversationView] = {}
         self.uploads: dict[int, dict] = {}    # transfer -> upload state
         self.downloads: dict[int, dict] = {}  # transfer -> download state
@@ -448,6 +448,11 @@ class HushWindow(QMainWindow):
                                        "another window or program.")
             return
         self.start_chat()
+
+    @property
+    def ready(self) -> bool:
+        """Logged in, queue delivered, and reachable by others."""
+        return self.queue_empty and bool(self.profile.data.get("prekeys_published"))
 
     @property
     def user(self) -> str:
@@ -682,11 +687,17 @@ class HushWindow(QMainWindow):
             self.connected = True
             self.status_label.setText("Connected")
         elif isinstance(event, hush.Disconnected):
-            self.connected = self.ready = False
+            self.connected = self.queue_empty = False
             retry = "" if event.retry_in is None else f", retrying in {event.retry_in:g} s"
             self.status_label.setText(f"Disconnected ({event.reason}{retry})")
         elif isinstance(event, ClientEvent.QUEUE_EMPTY):
-            self.ready = True
+            self.queue_empty = True
+        elif isinstance(event, ClientEvent.PRE_KEYS_REPLENISHED):
+            # The first login publishes the prekeys: only then can others
+            # start a conversation with this device.
+            if not self.profile.data.get("prekeys_published"):
+                self.profile.data["prekeys_published"] = True
+                self.profile.save()
         elif isinstance(event, ClientEvent.MESSAGE):
             self.message(event)
         elif isinstance(event, ClientEvent.SENT):

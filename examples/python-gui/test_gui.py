@@ -115,12 +115,17 @@ def windows(qapp, server, tmp_path):
     qapp.processEvents()
 
 
-def spin(condition, what: str, timeout: float = 30.0) -> None:
+def spin(condition, what: str, timeout: float = 30.0, window=None) -> None:
     """Runs the Qt event loop until ``condition()`` holds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            seen = ""
+            if window is not None:
+                seen = "; it shows " + repr({c: v.message_texts()
+                                            for c, v in window.conversations.items()})
+                seen += f"; status {window.statusBar().currentMessage()!r}"
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{seen}")
         QApplication.processEvents()
         time.sleep(0.01)
 
@@ -133,7 +138,7 @@ def sign_up(window: hush_gui.HushWindow, user: str) -> None:
     """Through the sign-up panel, as a user would."""
     QTest.keyClicks(window.user_input, user)
     window.sign_up_button.click()
-    spin(lambda: window.ready, f"{user} to sign up and log in")
+    spin(lambda: window.ready, f"{user} to sign up, log in and publish its prekeys")
     assert window.status_label.text() == "Connected"
     assert (window.profile.key_path.stat().st_mode & 0o777) == 0o600
 
@@ -160,13 +165,16 @@ def test_two_windows_chat_send_a_file_and_compare_safety_numbers(
     QTest.keyClicks(alice.contact_input, bob_id)
     alice.add_button.click()
     type_and_send(alice, bob_id, "hello bob, from the GUI")
-    spin(lambda: shows(bob, alice_id, "hello bob, from the GUI"), "bob to see alice's text")
-    spin(lambda: shows(alice, bob_id, "✓ sent"), "alice's message to be marked sent")
+    spin(lambda: shows(bob, alice_id, "hello bob, from the GUI"), "bob to see alice's text",
+         window=bob)
+    spin(lambda: shows(alice, bob_id, "✓ sent"), "alice's message to be marked sent",
+         window=alice)
     assert bob.contact_list.findItems(alice_id, hush_gui.Qt.MatchFlag.MatchExactly)
 
     bob.contact_list.setCurrentRow(0)
     type_and_send(bob, alice_id, "hi alice, got it")
-    spin(lambda: shows(alice, bob_id, "hi alice, got it"), "alice to see bob's reply")
+    spin(lambda: shows(alice, bob_id, "hi alice, got it"), "alice to see bob's reply",
+         window=alice)
     line = next(t for t in alice.conversations[bob_id].message_texts() if "got it" in t)
     assert bob_id in line  # shown with its sender
 
@@ -180,7 +188,7 @@ def test_two_windows_chat_send_a_file_and_compare_safety_numbers(
     seen: list[int] = []
     progress.valueChanged.connect(seen.append)
     alice.conversations[bob_id].file_button.click()
-    spin(lambda: shows(bob, alice_id, "report.bin"), "bob to see the attachment")
+    spin(lambda: shows(bob, alice_id, "report.bin"), "bob to see the attachment", window=bob)
     assert progress.value() == 100
     assert seen == [0, 42, 85, 100], seen  # 0, then one step per 256 KiB piece
     spin(lambda: shows(alice, bob_id, "report.bin (614,400 bytes)  ✓ sent"),
@@ -234,7 +242,7 @@ def test_identity_change_banner_from_a_synthetic_event(windows, screenshots, mon
     sign_up(dave, dave_id)
     carol.ensure_contact(dave_id, select=True)
     type_and_send(carol, dave_id, "hi dave")
-    spin(lambda: shows(dave, carol_id, "hi dave"), "dave to see carol's text")
+    spin(lambda: shows(dave, carol_id, "hi dave"), "dave to see carol's text", window=dave)
     identity = carol.device.trusted_identity(dave_id)
     assert identity is not None
 
