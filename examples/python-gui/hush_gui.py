@@ -28,6 +28,7 @@ import argparse
 import json
 import mimetypes
 import os
+import signal
 import sys
 import threading
 import time
@@ -787,6 +788,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     app = QApplication(sys.argv[:1])
     window = HushWindow(args.profile, host, int(port), args.server_name, args.ca)
+    app.aboutToQuit.connect(window.shutdown)
+    # Ctrl+C in the terminal quits cleanly: Python only sees the signal when
+    # it runs, so a timer hands it control now and then.
+    signal.signal(signal.SIGINT, lambda *_: app.quit())
+    tick = QTimer()
+    tick.timeout.connect(lambda: None)
+    tick.start(250)
     window.show()
     return app.exec()
 

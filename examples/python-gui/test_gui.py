@@ -262,3 +262,30 @@ def test_identity_change_banner_from_a_synthetic_event(windows, screenshots, mon
     assert shows(carol, dave_id, f"you accepted {dave_id}'s new identity")
     (dialog,) = carol.findChildren(hush_gui.SafetyNumberDialog)
     assert dialog.digits() == dave.device.safety_number(carol_id).digits
+
+
+@pytest.mark.skipif(not os.environ.get("HUSH_CLI_BIN"), reason="set HUSH_CLI_BIN to hush-cli")
+def test_the_gui_and_hush_cli_talk(windows, server, tmp_path):
+    """The GUI against the Rust command-line client, each way."""
+    cli_id, gui_id = unique("cli"), unique("gui")
+    flags = ["--home", str(tmp_path / "cli-home"), "--server", f"{server.host}:{server.port}",
+             "--server-name", SERVER_NAME, "--ca", str(server.cert)]
+
+    def cli(*args: str) -> str:
+        out = subprocess.run([os.environ["HUSH_CLI_BIN"], *flags, *args], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, f"hush-cli {args}: {out.stdout}\n{out.stderr}"
+        return out.stdout
+
+    cli("register", cli_id)
+    gui = windows("gui")
+    sign_up(gui, gui_id)
+    gui.ensure_contact(cli_id, select=True)
+    type_and_send(gui, cli_id, "hello from the window")
+    spin(lambda: shows(gui, cli_id, "✓ sent"), "the text to be sent", window=gui)
+    heard = cli("listen", "--count", "1", "--timeout", "30")
+    assert "hello from the window" in heard and gui_id in heard
+    cli("send", gui_id, "hello from the terminal")
+    spin(lambda: shows(gui, cli_id, "hello from the terminal"), "the cli's text", window=gui)
+    safety = cli("safety", gui_id)
+    assert all(group in safety for group in gui.device.safety_number(cli_id).groups), safety
