@@ -756,6 +756,8 @@ class HushWindow(QMainWindow):
         super().closeEvent(event)
 
     def shutdown(self) -> None:
+        if self.device is None:
+            return  # nothing open: the sign-up panel, or a profile open elsewhere
         if self.conn is not None:
             # Give sends still on their way (copies for our other devices
             # report no SENT) a moment to reach the server.
@@ -765,11 +767,11 @@ class HushWindow(QMainWindow):
                 time.sleep(0.05)
             self.conn.close()
             self.conn = None
-        # The store stays locked while the device (or a client of it) lives.
-        self.device = None
         for down in self.downloads.values():
             down["file"].close()
         self.profile.save()
+        # The store stays locked while the device (or a client of it) lives.
+        self.device = None
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -223,6 +223,14 @@ def test_two_windows_chat_send_a_file_and_compare_safety_numbers(
     dialog_a.close()
     dialog_b.close()
 
+    # One window per profile: a second one on the open store says so.
+    second = windows("alice")
+    assert "open in another window" in second.sign_up_error.text()
+    assert second.conn is None
+    before = alice.profile.json_path.read_bytes()
+    second.close()  # and it leaves the profile alone
+    assert alice.profile.json_path.read_bytes() == before
+
     # The history is kept: a reopened profile shows the conversation.
     alice.close()
     again = windows("alice")
@@ -240,6 +248,13 @@ def test_identity_change_banner_from_a_synthetic_event(windows, screenshots, mon
     carol, dave = windows("carol"), windows("dave")
     sign_up(carol, carol_id)
     sign_up(dave, dave_id)
+    # A taken user id is refused on the sign-up panel, and nothing is created.
+    late = windows("late")
+    QTest.keyClicks(late.user_input, carol_id)
+    late.sign_up_button.click()
+    spin(lambda: "Could not register" in late.sign_up_error.text(), "the refusal")
+    assert "CONFLICT" in late.sign_up_error.text()
+    assert not late.profile.store_path.exists() and late.device is None
     carol.ensure_contact(dave_id, select=True)
     type_and_send(carol, dave_id, "hi dave")
     spin(lambda: shows(dave, carol_id, "hi dave"), "dave to see carol's text", window=dave)
