@@ -560,6 +560,7 @@ class HushWindow(QMainWindow):
             self.statusBar().showMessage(f"Cannot send {os.path.basename(path)}: {e}", 10000)
             return
         view = self.conversations[contact]
+        view.upload_progress.setFormat(f"Uploading {os.path.basename(path)}: %p%")
         view.upload_progress.setValue(0)
         view.upload_progress.setVisible(True)
         view.file_button.setEnabled(False)
@@ -593,6 +594,7 @@ class HushWindow(QMainWindow):
         contact, name = up["contact"], os.path.basename(up["path"])
         view = self.conversations[contact]
         view.file_button.setEnabled(True)
+        view.upload_progress.setFormat(f"Uploaded {name}")
         message_id = self.conn.call(lambda c: c.send_attachment(contact, event.pointer, name))
         self.add_record(contact, {"id": message_id.hex(), "direction": "out",
                                   "sender": self.user, "time": time.time(), "kind": "file",
