@@ -257,6 +257,9 @@ impl Client {
         let inner = &mut *inner;
         match &mut inner.mode {
             Mode::Client(client) => f(client, &mut inner.rng),
+            Mode::Closed => Err(HushError::AlreadyUsed {
+                what: "the device (it was closed)".into(),
+            }),
             _ => Err(HushError::AlreadyUsed {
                 what: "this client (the device made a newer one)".into(),
             }),

@@ -151,6 +151,12 @@ impl NewDevice {
     }
 }
 
+fn closed() -> HushError {
+    HushError::AlreadyUsed {
+        what: "the device (it was closed)".into(),
+    }
+}
+
 fn used() -> HushError {
     HushError::AlreadyUsed {
         what: "the new device's keys".into(),
@@ -325,6 +331,8 @@ pub(crate) enum Mode {
     Client(Box<hush::client::Client<DeviceStore>>),
     /// Only while switching from one to the other.
     Switching,
+    /// After [`Device::close`].
+    Closed,
 }
 
 pub(crate) struct Inner {
@@ -347,6 +355,7 @@ impl Inner {
                     reason: "the device is being handed to its client".into(),
                 });
             }
+            Mode::Closed => return Err(closed()),
         };
         Ok((manager, &mut self.rng))
     }
@@ -645,6 +654,46 @@ impl Device {
         })
     }
 
+    /// The safety number `user` would have with `identity` (32 bytes): for
+    /// an identity not trusted yet, such as the one an `IdentityChanged`
+    /// event presents, to compare before accepting it.
+    ///
+    /// # Errors
+    /// [`HushError::InvalidArgument`] for a bad user id or key.
+    pub fn safety_number_with(
+        &self,
+        user: String,
+        identity: Vec<u8>,
+    ) -> Result<SafetyNumber, HushError> {
+        let user = user_id(&user)?;
+        let identity = IdentityKey::from_bytes(&fixed(&identity, "an identity key")?)?;
+        self.with(|m, _| {
+            let n = hush::fingerprint::SafetyNumber::new(
+                &m.address().user,
+                &m.identity_key(),
+                &user,
+                &identity,
+            );
+            Ok(SafetyNumber {
+                digits: n.digits(),
+                groups: n.display_groups(),
+                qr_payload: n.qr_payload(),
+            })
+        })
+    }
+
+    /// Closes the device now: its store is released (another instance may
+    /// open it) and every later call on it, its client or its sessions
+    /// raises [`HushError::AlreadyUsed`]. Dropping the last reference does
+    /// the same; this does not wait for the garbage collector.
+    ///
+    /// # Errors
+    /// [`HushError::Internal`] only.
+    pub fn close(&self) -> Result<(), HushError> {
+        lock(&self.shared)?.mode = Mode::Closed;
+        Ok(())
+    }
+
     /// Whether a scanned QR payload matches the safety number with `user`.
     ///
     /// # Errors
@@ -733,6 +782,10 @@ impl Device {
                 return Err(HushError::Internal {
                     reason: "the device is being handed to its client".into(),
                 });
+            }
+            Mode::Closed => {
+                inner.mode = Mode::Closed;
+                return Err(closed());
             }
         };
         let client = hush::client::Client::new(manager, &server_name, Default::default())?;

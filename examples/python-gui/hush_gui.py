@@ -655,17 +655,16 @@ class HushWindow(QMainWindow):
 
     def accept_identity_change(self, contact: str, received: bytes,
                                confirm: bool = True) -> None:
-        # The bindings compute safety numbers for trusted identities only, so
-        # the new identity key is shown here; the new safety number follows
-        # as soon as it is accepted.
+        # The new safety number, computed with the identity not yet trusted,
+        # is what the user compares with the contact before accepting.
         if confirm:
-            key = received.hex()
+            number = self.device.safety_number_with(contact, received)
+            rows = [" ".join(number.groups[i:i + 4]) for i in range(0, 12, 4)]
             answer = QMessageBox.question(
                 self, "Accept the new identity?",
-                f"{contact}'s new identity key:\n\n"
-                + " ".join(key[i:i + 8] for i in range(0, len(key), 8))
-                + "\n\nAccept it only after checking with them over a channel you "
-                "trust. The new safety number is shown next, to compare.")
+                f"The new safety number with {contact}:\n\n" + "\n".join(rows)
+                + "\n\nAccept it only after comparing it with them over a channel "
+                "you trust (in person, or on a call).")
             if answer != QMessageBox.StandardButton.Yes:
                 return
         try:
@@ -772,7 +771,9 @@ class HushWindow(QMainWindow):
         for down in self.downloads.values():
             down["file"].close()
         self.profile.save()
-        # The store stays locked while the device (or a client of it) lives.
+        # Releases the store at once (another window may open this profile).
+        if self.device is not None:
+            self.device.close()
         self.device = None
 
 

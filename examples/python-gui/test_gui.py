@@ -263,20 +263,33 @@ def test_identity_change_banner_from_a_synthetic_event(windows, screenshots, mon
 
     view = carol.conversations[dave_id]
     assert not view.banner.isVisible()
-    carol.handle_event(hush.ClientEvent.IDENTITY_CHANGED(dave_id, identity, identity))
+    # The identity a reinstalled "dave" would present.
+    reinstalled = hush.Device.create_in_memory(hush.NewDevice.for_new_account(dave_id), 1)
+    new_identity = reinstalled.identity_key()
+    carol.handle_event(hush.ClientEvent.IDENTITY_CHANGED(dave_id, identity, new_identity))
     assert view.banner.isVisible()
     assert "identity has changed" in view.banner_label.text()
     assert carol.findChildren(hush_gui.SafetyNumberDialog) == []
     QApplication.processEvents()
     assert carol.grab().save(str(screenshots / "carol-identity-changed.png"))
 
-    monkeypatch.setattr(hush_gui.QMessageBox, "question",
-                        lambda *a, **k: QMessageBox.StandardButton.Yes)
+    asked: list[str] = []
+
+    def question(_parent, _title, text, *rest, **kw):
+        asked.append(text)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(hush_gui.QMessageBox, "question", question)
     view.accept_button.click()
+    # The user was shown the new safety number before accepting it.
+    new_number = carol.device.safety_number_with(dave_id, new_identity)
+    assert asked and all(group in asked[0] for group in new_number.groups)
     assert not view.banner.isVisible()
     assert shows(carol, dave_id, f"you accepted {dave_id}'s new identity")
+    assert carol.device.trusted_identity(dave_id) == new_identity
     (dialog,) = carol.findChildren(hush_gui.SafetyNumberDialog)
-    assert dialog.digits() == dave.device.safety_number(carol_id).digits
+    assert dialog.digits() == new_number.digits
+    assert dialog.digits() != dave.device.safety_number(carol_id).digits
 
 
 @pytest.mark.skipif(not os.environ.get("HUSH_CLI_BIN"), reason="set HUSH_CLI_BIN to hush-cli")

@@ -316,3 +316,30 @@ def test_peer_sessions_pass_plain_bytes_and_queue_trust_events():
         assert from_bob.decrypt(to_alice.encrypt(b"%d" % i)) == b"%d" % i
     with pytest.raises(HushError.Refused):
         from_bob.decrypt(b"\x00" * 40)
+
+
+def test_close_releases_the_store_at_once(tmp_path):
+    key = hush.generate_storage_key()
+    path = str(tmp_path / "d.db")
+    device = Device.create_sqlite(path, key, NewDevice.for_new_account("gail"), 1)
+    client = device.client("localhost")
+    session = device.session(DeviceAddress(user="bob", device=1))
+    device.close()
+    reopened = Device.open_sqlite(path, key)  # no garbage collection needed
+    assert reopened.address().user == "gail"
+    for call in (device.address, client.take_transmit, lambda: session.encrypt(b"x"),
+                 lambda: device.client("localhost")):
+        with pytest.raises(HushError.AlreadyUsed):
+            call()
+
+
+def test_safety_number_with_an_identity_not_trusted_yet():
+    alice, bob = pair()
+    bob.decrypt(alice.address(), alice.encrypt(bob.address(), b"hi"))
+    trusted = bob.safety_number("alice")
+    assert bob.safety_number_with("alice", alice.identity_key()).digits == trusted.digits
+    other = make_device("alice")
+    new = bob.safety_number_with("alice", other.identity_key())
+    assert new.digits != trusted.digits
+    with pytest.raises(HushError.InvalidArgument):
+        bob.safety_number_with("alice", b"short")
