@@ -217,6 +217,14 @@ fun offlineTests(tmp: File) {
         check(other.reason.isNotEmpty()) { "a wrapped storage error has a reason" }
     }
 
+    test("HushException.Protocol: a broken byte stream; InvalidArgument: a bad server name") {
+        val device = newDevice("judy")
+        expectThrows<HushException.InvalidArgument>("server name with a space") { device.client("not a name") }
+        val client = device.client("localhost")
+        client.handleConnected()
+        expectThrows<HushException.Protocol>("garbage from the server") { client.handleInput(ByteArray(64) { 0xff.toByte() }) }
+    }
+
     test("HushTls refuses a malformed pin and PEM") {
         expectThrows<IllegalArgumentException>("short pin") { HushTls.pinned("abcd") }
         expectThrows<Exception>("not PEM") { HushTls.trusting("not a certificate") }
@@ -295,6 +303,9 @@ fun liveTests(live: Live, tmp: File) {
             events.waitFor(30_000) { it is ConnectionEvent.Connected }
             events.waitForEvent<ClientEvent.QueueEmpty>(30_000)
             check(conn.isConnected) { "connected after login" }
+            // Idle across a few read timeouts of the reader thread: the TLS socket stays usable.
+            Thread.sleep(2_500)
+            check(conn.isConnected) { "still connected after idling" }
             // The peer writes its user id once it has logged in (it is reachable then).
             val deadline = System.currentTimeMillis() + live.peerTimeoutMillis
             while (!live.readyFile.exists()) {
