@@ -56,6 +56,7 @@ if [ -z "${HUSH_FFI_LIB:-}" ]; then
     HUSH_FFI_LIB="$(cargo_target_dir)/release/libhush_ffi.so"
 fi
 [ -f "$HUSH_FFI_LIB" ] || die "libhush_ffi.so not found at $HUSH_FFI_LIB (HUSH_FFI_LIB)"
+HUSH_FFI_LIB="$(cd "$(dirname "$HUSH_FFI_LIB")" && pwd)/$(basename "$HUSH_FFI_LIB")"
 if [ -z "${HUSH_SERVER_BIN:-}" ]; then
     step "cargo build -p hush-server"
     (cd "$WORKSPACE" && cargo build -q -p hush-server --bin hush-server)
@@ -72,11 +73,12 @@ fi
 rm -rf "$BUILD/generated" "$BUILD/native"
 mkdir -p "$BUILD/generated" "$BUILD/native"
 # JNA looks for lib<name>.so in jna.library.path: give it that name whatever the input is called.
-ln -sf "$(cd "$(dirname "$HUSH_FFI_LIB")" && pwd)/$(basename "$HUSH_FFI_LIB")" "$BUILD/native/libhush_ffi.so"
+ln -sf "$HUSH_FFI_LIB" "$BUILD/native/libhush_ffi.so"
 
 step "uniffi-bindgen generate --language kotlin"
-"${BINDGEN[@]}" generate --library "$HUSH_FFI_LIB" --language kotlin --no-format \
-    --out-dir "$BUILD/generated" >/dev/null
+# From the workspace: uniffi-bindgen reads `cargo metadata` of the current directory.
+(cd "$WORKSPACE" && "${BINDGEN[@]}" generate --library "$HUSH_FFI_LIB" --language kotlin --no-format \
+    --out-dir "$BUILD/generated" >/dev/null) || die "uniffi-bindgen failed (UNIFFI_BINDGEN=${BINDGEN[*]})"
 GENERATED="$BUILD/generated/uniffi/hush_ffi/hush_ffi.kt"
 [ -f "$GENERATED" ] || die "uniffi-bindgen did not write $GENERATED"
 
