@@ -425,6 +425,8 @@ class HushConnection @JvmOverloads constructor(
     private val closed = CountDownLatch(1)
     private val eventLock = Any()
     private val started = AtomicBoolean(false)
+
+    @Volatile
     private var thread: Thread? = null
 
     @Volatile
@@ -511,10 +513,15 @@ class HushConnection @JvmOverloads constructor(
         }
     }
 
-    internal fun pumpEvents() {
+    /** Hands every pending event to the listener; returns why the client failed, if it did. */
+    private fun pumpEvents(): String? {
         synchronized(eventLock) {
             while (true) {
-                val event = client.pollEvent() ?: break
+                val event = try {
+                    client.pollEvent() ?: return null
+                } catch (e: HushException) {
+                    return "the client failed: ${e.message}"
+                }
                 try {
                     listener.onEvent(event)
                 } catch (e: Exception) {
@@ -611,7 +618,10 @@ class HushConnection @JvmOverloads constructor(
                     return false
                 }
             }
-            pumpEvents()
+            pumpEvents()?.let {
+                fail(it)
+                return false
+            }
             return true
         }
 
@@ -657,13 +667,13 @@ class HushConnection @JvmOverloads constructor(
                         return "the client failed: ${e.message}"
                     }
                     wake()
-                    pumpEvents()
-                    continue
+                    pumpEvents()?.let { return it }
                 }
-                // Wake at the client's next timer, and at least every second.
-                val timeout = if (wait == null) 1000L else minOf(wait.toLong(), 1000L)
+                // Wake at the client's next timer, and at least every second. The
+                // timer has a one-second resolution: never spin while it reads 0.
+                val timeout = if (wait == null) 1000L else wait.toLong().coerceIn(50L, 1000L)
                 val n = try {
-                    socket.soTimeout = timeout.toInt().coerceAtLeast(1)
+                    socket.soTimeout = timeout.toInt()
                     input.read(buf)
                 } catch (_: SocketTimeoutException) {
                     continue
@@ -679,7 +689,7 @@ class HushConnection @JvmOverloads constructor(
                     return "the client failed: ${e.message}"
                 }
                 wake()
-                pumpEvents()
+                pumpEvents()?.let { return it }
             }
             return "closed"
         }

@@ -18,8 +18,10 @@ package org.hush.connection.test
 
 import java.io.File
 import java.net.ServerSocket
+import java.net.Socket
 import java.nio.file.Files
-import java.util.concurrent.TimeoutException
+import java.util.concurrent.CompletableFuture
+import java.util.concurrent.TimeUnit
 import kotlin.system.exitProcess
 import org.hush.connection.ConnectionEvent
 import org.hush.connection.EventQueue
@@ -28,6 +30,8 @@ import org.hush.connection.HushConnectionException
 import org.hush.connection.HushTls
 import org.hush.connection.openTls
 import org.hush.connection.registerAccount
+import org.hush.connection.registerLinkedDevice
+import org.hush.connection.waitForLink
 import uniffi.hush_ffi.AppStorage
 import uniffi.hush_ffi.ClientEvent
 import uniffi.hush_ffi.Device
@@ -245,6 +249,57 @@ class Live(
 
 fun freePort(): Int = ServerSocket(0).use { it.localPort }
 
+/** A TCP relay to the server whose connections can be cut, to test reconnecting. */
+class CuttableProxy(private val host: String, private val port: Int) : AutoCloseable {
+    private val listener = ServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress())
+    private val open = java.util.concurrent.ConcurrentLinkedQueue<Socket>()
+    val localPort: Int get() = listener.localPort
+
+    init {
+        Thread({
+            while (!listener.isClosed) {
+                val inbound = try {
+                    listener.accept()
+                } catch (_: java.io.IOException) {
+                    break
+                }
+                val outbound = try {
+                    Socket(host, port)
+                } catch (_: java.io.IOException) {
+                    inbound.close()
+                    continue
+                }
+                open.add(inbound)
+                open.add(outbound)
+                pipe(inbound, outbound)
+                pipe(outbound, inbound)
+            }
+        }, "proxy-accept").apply { isDaemon = true }.start()
+    }
+
+    private fun pipe(from: Socket, to: Socket) {
+        Thread({
+            try {
+                from.getInputStream().copyTo(to.getOutputStream(), 16 * 1024)
+            } catch (_: java.io.IOException) {
+            } finally {
+                from.close()
+                to.close()
+            }
+        }, "proxy-pipe").apply { isDaemon = true }.start()
+    }
+
+    /** Cuts every open connection (both sides see it closed). */
+    fun cutAll() {
+        while (true) open.poll()?.close() ?: break
+    }
+
+    override fun close() {
+        listener.close()
+        cutAll()
+    }
+}
+
 fun liveTests(live: Live, tmp: File) {
     val tls = HushTls.trusting(live.certPem)
 
@@ -289,6 +344,63 @@ fun liveTests(live: Live, tmp: File) {
         val last = events.waitFor(5_000) { it is ConnectionEvent.Disconnected && it.retryInMillis == null }
         checkEq("closed", (last as ConnectionEvent.Disconnected).reason, "reason after close")
         check(!conn.isConnected) { "not connected after close" }
+    }
+
+    test("reconnects after the connection is cut, and logs in again") {
+        val keys = NewDevice.forNewAccount("${live.user}re")
+        val id = registerAccount(keys, live.host, live.port, live.serverName, tls)
+        val device = Device.createInMemory(keys, id)
+        CuttableProxy(live.host, live.port).use { proxy ->
+            val events = EventQueue()
+            HushConnection(device.client(live.serverName), "127.0.0.1", proxy.localPort, live.serverName, tls, events,
+                initialBackoffMillis = 100, maxBackoffMillis = 1_000).use { conn ->
+                conn.start()
+                events.waitForEvent<ClientEvent.QueueEmpty>(30_000)
+                proxy.cutAll()
+                val lost = events.waitFor(10_000) { it is ConnectionEvent.Disconnected } as ConnectionEvent.Disconnected
+                checkEq(100L, lost.retryInMillis, "first retry delay after a cut")
+                events.waitFor(10_000) { it is ConnectionEvent.Connected }
+                events.waitForEvent<ClientEvent.QueueEmpty>(30_000)
+                check(conn.isConnected) { "connected again" }
+            }
+        }
+    }
+
+    test("link a second Kotlin device (waitForLink, requestLinkPermission, sendLink, registerLinkedDevice)") {
+        val user = "${live.user}multi"
+        val keys = NewDevice.forNewAccount(user)
+        val firstId = registerAccount(keys, live.host, live.port, live.serverName, tls)
+        val first = Device.createSqlite(File(tmp, "first.db").path, generateStorageKey(), keys, firstId)
+        val events = EventQueue()
+        HushConnection(first.client(live.serverName), live.host, live.port, live.serverName, tls, events).use { conn ->
+            conn.start()
+            events.waitForEvent<ClientEvent.QueueEmpty>(30_000)
+            val code = CompletableFuture<ByteArray>()
+            val linked = CompletableFuture<Pair<NewDevice, UInt>>()
+            val newSide = Thread {
+                try {
+                    val account = waitForLink(live.host, live.port, live.serverName, tls, { code.complete(it) }, 30_000)
+                    linked.complete(registerLinkedDevice(account, live.host, live.port, live.serverName, tls))
+                } catch (e: Throwable) {
+                    code.completeExceptionally(e)
+                    linked.completeExceptionally(e)
+                }
+            }.apply {
+                isDaemon = true
+                start()
+            }
+            val shown = code.get(30, TimeUnit.SECONDS)
+            conn.call { it.requestLinkPermission() }
+            val permission = events.waitForEvent<ClientEvent.LinkPermission>(30_000).permission
+            conn.call { it.sendLink(shown, permission) }
+            val (newKeys, secondId) = linked.get(30, TimeUnit.SECONDS)
+            newSide.join(5_000)
+            check(secondId != firstId) { "the linked device has its own id ($secondId)" }
+            Device.createInMemory(newKeys, secondId).use { second ->
+                checkEq(DeviceAddress(user, secondId), second.address(), "linked device address")
+                check(second.identityKey().contentEquals(first.identityKey())) { "the linked device shares the identity" }
+            }
+        }
     }
 
     test("converse with the Python peer through the server") {
