@@ -143,7 +143,7 @@ PY_USER="py$SUFFIX"
 READY="$RUN/peer-ready"
 step "python peer $PY_USER"
 "$PYTHON" "$HERE/tests/python_peer.py" --port "$PORT" --server-name "$SERVER_NAME" --cert "$CERT" \
-    --user "$PY_USER" --expect-from "$KT_USER" --ready-file "$READY" --timeout 90 &
+    --user "$PY_USER" --expect-from "$KT_USER" --ready-file "$READY" --timeout 90 --data-dir "$RUN" &
 PEER_PID=$!
 
 step "Kotlin test program ($KT_USER)"

@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--expect-from", required=True, help="the Kotlin user id")
     p.add_argument("--ready-file", required=True, help="written with the user id once reachable")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the text")
+    p.add_argument("--data-dir", help="where to keep the peer's store (default: a temporary directory)")
     args = p.parse_args()
 
     ctx = hush.tls_context(cafile=args.cert)
@@ -44,7 +45,7 @@ def main() -> None:
         device_id = hush.register_account(new, args.host, args.port, args.server_name, ctx)
     except hush.ConnectionError as e:
         fail(f"registering {args.user}: {e}")
-    with tempfile.TemporaryDirectory(prefix="hush-py-peer-") as home:
+    with tempfile.TemporaryDirectory(prefix="hush-py-peer-", dir=args.data_dir) as home:
         device = hush.Device.create_sqlite(
             str(Path(home) / "peer.db"), hush.generate_storage_key(), new, device_id
         )
