@@ -114,7 +114,7 @@ CERT="$RUN/server/dev-cert.pem"
 step "hush-server on 127.0.0.1:$PORT"
 mkdir -p "$RUN/server"
 RUST_LOG="${RUST_LOG:-warn}" "$HUSH_SERVER_BIN" --listen "127.0.0.1:$PORT" --data-dir "$RUN/server" \
-    --server-name "$SERVER_NAME" --admin-listen= serve >"$RUN/server.log" 2>&1 &
+    --server-name "$SERVER_NAME" --admin-listen= --config "$WORKSPACE/bindings/test-server.toml" serve >"$RUN/server.log" 2>&1 &
 SERVER_PID=$!
 # Up when the certificate exists and a TLS handshake succeeds.
 "$PYTHON" - "$CERT" "$PORT" "$SERVER_PID" <<'PY' || die "hush-server did not come up (log above)"

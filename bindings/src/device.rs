@@ -331,7 +331,7 @@ pub(crate) enum Mode {
     Client(Box<hush::client::Client<DeviceStore>>),
     /// Only while switching from one to the other.
     Switching,
-    /// After [`Device::close`].
+    /// After [`Device::close_store`].
     Closed,
 }
 
@@ -682,14 +682,15 @@ impl Device {
         })
     }
 
-    /// Closes the device now: its store is released (another instance may
+    /// Closes the device now (named so as not to clash with the `close` of
+    /// Kotlin's `AutoCloseable`, which frees the handle): its store is released (another instance may
     /// open it) and every later call on it, its client or its sessions
     /// raises [`HushError::AlreadyUsed`]. Dropping the last reference does
     /// the same; this does not wait for the garbage collector.
     ///
     /// # Errors
     /// [`HushError::Internal`] only.
-    pub fn close(&self) -> Result<(), HushError> {
+    pub fn close_store(&self) -> Result<(), HushError> {
         lock(&self.shared)?.mode = Mode::Closed;
         Ok(())
     }

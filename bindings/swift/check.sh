@@ -67,7 +67,7 @@ cleanup() {
 trap cleanup EXIT
 
 RUST_LOG="${RUST_LOG:-warn}" "$server_bin" --listen "127.0.0.1:$port" --data-dir "$data_dir" \
-    --server-name localhost --admin-listen= serve >/dev/null &
+    --server-name localhost --admin-listen= --config "$workspace/bindings/test-server.toml" serve >/dev/null &
 server_pid=$!
 
 # Up when it has written its development certificate and accepts connections.

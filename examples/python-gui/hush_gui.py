@@ -773,7 +773,7 @@ class HushWindow(QMainWindow):
         self.profile.save()
         # Releases the store at once (another window may open this profile).
         if self.device is not None:
-            self.device.close()
+            self.device.close_store()
         self.device = None
 
 

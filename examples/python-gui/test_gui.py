@@ -51,7 +51,9 @@ class Server:
         self.cert = data_dir / "dev-cert.pem"
         self.process = subprocess.Popen(
             [binary, "--listen", f"{self.host}:{self.port}", "--data-dir", str(data_dir),
-             "--server-name", SERVER_NAME, "--admin-listen=", "serve"],
+             "--server-name", SERVER_NAME, "--admin-listen=",
+             "--config", str(Path(__file__).resolve().parents[2] / "bindings" / "test-server.toml"),
+             "serve"],
             env={**os.environ, "RUST_LOG": "warn"}, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -53,7 +53,10 @@ def main() -> None:
                                args.server_name, ctx, backoff=0.2, max_backoff=2.0)
         with conn:
             try:
-                conn.wait_for(lambda e: isinstance(e, ClientEvent.QUEUE_EMPTY), timeout=30)
+                # The first login publishes the prekeys (PreKeysReplenished
+                # follows); only then can the Kotlin side start a session.
+                conn.wait_for(lambda e: isinstance(e, ClientEvent.PRE_KEYS_REPLENISHED),
+                              timeout=30)
             except TimeoutError:
                 fail("did not log in to the server within 30 s")
             # Reachable now: tell the Kotlin side (atomically: write, then rename).

@@ -66,7 +66,8 @@ class Server:
     def start(self) -> "Server":
         self.process = subprocess.Popen(
             [self.binary, "--listen", self.address, "--data-dir", str(self.data_dir),
-             "--server-name", SERVER_NAME, "--admin-listen=", "serve"],
+             "--server-name", SERVER_NAME, "--admin-listen=",
+             "--config", str(WORKSPACE / "bindings" / "test-server.toml"), "serve"],
             env={**os.environ, "RUST_LOG": "warn"},
             stdout=subprocess.DEVNULL,
         )

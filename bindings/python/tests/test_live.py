@@ -21,16 +21,22 @@ from conftest import SERVER_NAME, Server, free_port
 
 
 def new_device(server: Server, user: str, path: Path) -> Device:
+    """A registered device that has logged in once, which publishes its
+    prekeys: from then on others can reach it."""
     new = NewDevice.for_new_account(user)
     device_id = hush.register_account(new, server.host, server.port, SERVER_NAME, server.context())
-    return Device.create_sqlite(str(path), hush.generate_storage_key(), new, device_id)
+    device = Device.create_sqlite(str(path), hush.generate_storage_key(), new, device_id)
+    with Connection(device.client(SERVER_NAME), server.host, server.port, SERVER_NAME,
+                    server.context()) as conn:
+        conn.wait_for(lambda e: isinstance(e, ClientEvent.PRE_KEYS_REPLENISHED))
+    return device
 
 
-def connect(server: Server, device: Device, **kw) -> Connection:
+def connect(server: Server, device: Device, until=ClientEvent.QUEUE_EMPTY, **kw) -> Connection:
     conn = Connection(device.client(SERVER_NAME), server.host, server.port, SERVER_NAME,
                       server.context(), **kw)
     conn.start()
-    conn.wait_for(lambda e: isinstance(e, ClientEvent.QUEUE_EMPTY))
+    conn.wait_for(lambda e: isinstance(e, until))
     return conn
 
 
@@ -63,9 +69,6 @@ def test_offline_messages_wait_and_unconfirmed_ones_come_back(server, tmp_path, 
     alice_id, bob_id = unique_user("alice"), unique_user("bob")
     alice = new_device(server, alice_id, tmp_path / "alice.db")
     bob = new_device(server, bob_id, tmp_path / "bob.db")
-    # A device is reachable once it has logged in (and published its prekeys).
-    with connect(server, bob):
-        pass
     with connect(server, alice) as a:
         for i in range(3):
             a.send_text(bob_id, f"queued {i}")
@@ -258,7 +261,9 @@ def test_linking_a_second_python_device(server, tmp_path, unique_user):
         second = Device.create_sqlite(str(tmp_path / "second.db"), hush.generate_storage_key(),
                                       new, device_id)
         assert second.address().user == user and second.identity_key() == first.identity_key()
-    with connect(server, second) as s, connect(server, other) as o:
+    # The new device's first login publishes its prekeys.
+    with connect(server, second, until=ClientEvent.PRE_KEYS_REPLENISHED) as s, \
+            connect(server, other) as o:
         o.send_text(user, "to both devices")
         o.wait_for(lambda e: isinstance(e, ClientEvent.SENT))
         got = s.wait_for(is_message("to both devices"))

@@ -324,7 +324,7 @@ def test_close_releases_the_store_at_once(tmp_path):
     device = Device.create_sqlite(path, key, NewDevice.for_new_account("gail"), 1)
     client = device.client("localhost")
     session = device.session(DeviceAddress(user="bob", device=1))
-    device.close()
+    device.close_store()
     reopened = Device.open_sqlite(path, key)  # no garbage collection needed
     assert reopened.address().user == "gail"
     for call in (device.address, client.take_transmit, lambda: session.encrypt(b"x"),

@@ -67,6 +67,30 @@ final class HushUnitTests: XCTestCase {
         XCTAssertTrue(try alice.hasSession(peer: b))
     }
 
+    func testPeerSessionsPassDataAndQueueTrustEvents() throws {
+        let alice = try makeDevice("alice")
+        let bob = try makeDevice("bob")
+        let toBob = try alice.session(peer: try bob.address())
+        assertHushError(try toBob.encrypt(plaintext: Data("too early".utf8)), "NoSession") {
+            if case .NoSession = $0 { return true }
+            return false
+        }
+        _ = try alice.startSession(bundle: try bob.bundle())
+        let fromAlice = try bob.session(peer: try alice.address())
+        XCTAssertEqual(try fromAlice.decrypt(message: try toBob.encrypt(plaintext: Data("first".utf8))),
+                       Data("first".utf8))
+        XCTAssertTrue(try bob.takeTrustEvents().contains { event in
+            if case .identityTrusted = event { return true }
+            return false
+        })
+        XCTAssertEqual(try bob.takeTrustEvents(), [])
+        try bob.closeStore()
+        assertHushError(try bob.address(), "AlreadyUsed") {
+            if case .AlreadyUsed = $0 { return true }
+            return false
+        }
+    }
+
     func testCiphertextHidesPlaintextAndIsFresh() throws {
         let (alice, bob) = try pair()
         let c1 = try alice.encrypt(peer: try bob.address(), plaintext: Data("same text".utf8))

@@ -41,6 +41,7 @@ import uniffi.hush_ffi.MessageBody
 import uniffi.hush_ffi.NewDevice
 import uniffi.hush_ffi.StoreOp
 import uniffi.hush_ffi.StoredRow
+import uniffi.hush_ffi.TrustEvent
 import uniffi.hush_ffi.generateStorageKey
 
 // -- a tiny check helper -------------------------------------------------------
@@ -117,7 +118,25 @@ class FailingStorage(private val error: () -> Exception) : AppStorage {
     override fun apply(batch: List<StoreOp>) = throw error()
 }
 
+fun direct(bytes: ByteArray): java.nio.ByteBuffer =
+    java.nio.ByteBuffer.allocateDirect(bytes.size).put(bytes).flip() as java.nio.ByteBuffer
+
 fun offlineTests(tmp: File) {
+    test("PeerSession: the hot path with direct ByteBuffers, trust events queued") {
+        val alice = newDevice("alice")
+        val bob = newDevice("bob")
+        alice.startSession(bob.bundle())
+        val toBob = alice.session(bob.address())
+        val fromAlice = bob.session(alice.address())
+        checkEq("hi over a session", String(fromAlice.decrypt(direct(toBob.encrypt(direct("hi over a session".toByteArray()))))), "bob decrypts")
+        check(bob.takeTrustEvents().any { it is TrustEvent.IdentityTrusted }) { "no IdentityTrusted event queued" }
+        checkEq(emptyList<TrustEvent>(), bob.takeTrustEvents(), "events are taken once")
+        expectThrows<IllegalArgumentException>("a heap ByteBuffer is refused") {
+            toBob.encrypt(java.nio.ByteBuffer.wrap(byteArrayOf(1, 2, 3)))
+        }
+        bob.closeStore()
+        expectThrows<HushException.AlreadyUsed>("a closed device") { bob.address() }
+    }
     test("a session round trip between two in-memory devices") {
         val alice = newDevice("alice")
         val bob = newDevice("bob", 7u)
