@@ -343,3 +343,36 @@ def test_safety_number_with_an_identity_not_trusted_yet():
     assert new.digits != trusted.digits
     with pytest.raises(HushError.InvalidArgument):
         bob.safety_number_with("alice", b"short")
+
+
+def test_the_direct_hot_path_matches_the_generated_one():
+    from hush import _fastpath
+
+    assert hush.PeerSession.encrypt is not _fastpath.generated_encrypt
+    alice, bob = pair()
+    to_bob, from_alice = alice.session(bob.address()), bob.session(alice.address())
+    # Each path reads what the other wrote, in both directions.
+    assert from_alice.decrypt(_fastpath.generated_encrypt(to_bob, b"generated")) == b"generated"
+    assert _fastpath.generated_decrypt(from_alice, to_bob.encrypt(b"direct")) == b"direct"
+    assert from_alice.decrypt(to_bob.encrypt(b"")) == b""
+    big = bytes(range(256)) * 200
+    assert from_alice.decrypt(to_bob.encrypt(big)) == big
+    # The same errors, raised the same way.
+    stranger = make_device("zed").session(bob.address())
+    for call in (stranger.encrypt, lambda m: _fastpath.generated_encrypt(stranger, m)):
+        with pytest.raises(HushError.NoSession):
+            call(b"x")
+    for call in (from_alice.decrypt, lambda m: _fastpath.generated_decrypt(from_alice, m)):
+        with pytest.raises(HushError.Refused):
+            call(b"\x00" * 40)
+    for call in (to_bob.encrypt, lambda m: _fastpath.generated_encrypt(to_bob, m)):
+        with pytest.raises(TypeError):
+            call("text, not bytes")
+    # Nothing leaks: many calls keep the process's memory flat.
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(20_000):
+        from_alice.decrypt(to_bob.encrypt(big[:1024]))
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 20_000, f"{grown_kib} KiB more after 20,000 round trips"

@@ -7,6 +7,9 @@ and :mod:`hush.aio` add a ready TLS connection for the sans-IO client.
 
 from ._native import *  # noqa: F401,F403
 from ._native import HushError  # noqa: F401 - named for type checkers
+from . import _fastpath
+
+_fastpath.install()
 from .connection import (  # noqa: F401
     Connected,
     Connection,
