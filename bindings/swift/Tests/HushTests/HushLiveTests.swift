@@ -67,8 +67,18 @@ final class HushLiveTests: XCTestCase {
         let new = try NewDevice.forNewAccount(user: user)
         let deviceId = try await registerAccount(new, server: server)
         let path = directory.appendingPathComponent("\(user).db").path
-        return try Device.createSqlite(path: path, storageKey: generateStorageKey(), newDevice: new,
-                                       deviceId: deviceId)
+        let device = try Device.createSqlite(path: path, storageKey: generateStorageKey(), newDevice: new,
+                                             deviceId: deviceId)
+        // The first login publishes the prekeys (PreKeysReplenished follows,
+        // possibly after QueueEmpty): only then can others reach the device.
+        let first = HushConnection(client: try device.client(serverName: server.serverName), server: server)
+        first.start()
+        _ = try await first.waitFor { event in
+            if case .client(.preKeysReplenished) = event { return true }
+            return false
+        }
+        await first.shutdown()
+        return device
     }
 
     /// A started connection, once the server's queue is delivered.
