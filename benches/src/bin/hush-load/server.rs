@@ -50,8 +50,10 @@ impl Settings {
     }
 
     /// The settings the run changes, as TOML. The per-IP limits are raised
-    /// because every client comes from 127.0.0.1, and the send rate because
-    /// one device here sends as much as many users do.
+    /// because every client comes from 127.0.0.1, the send rate because one
+    /// device here sends as much as many users do, and the server-wide
+    /// registration rate because a run registers thousands of accounts at
+    /// once.
     fn toml(self, pool_size: Option<usize>) -> String {
         let pool = pool_size
             .map(|n| format!("database_pool_size = {n}\n"))
@@ -63,7 +65,9 @@ impl Settings {
              new_connections_per_ip_per_sec = 1000000.0\n\
              new_connections_per_ip_burst = 1000000.0\n\
              sends_per_sec = 1000000.0\n\
-             sends_burst = 1000000.0\n",
+             sends_burst = 1000000.0\n\
+             registrations_per_sec = 1000000.0\n\
+             registrations_burst = 1000000.0\n",
             self.max_connections
         )
     }
