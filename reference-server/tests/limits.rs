@@ -384,6 +384,13 @@ async fn a_large_backlog_is_delivered_while_the_device_keeps_talking() {
     let mut acked = 0;
     for _ in 0..200 {
         assert_eq!(raw.request(Request::Ping).await, Ok(Response::Pong));
+        // Read before acking: the marker comes after every delivery, so when
+        // it is here, all of them are and get acked below. (Checked after the
+        // ack, deliveries that arrived during it would be left unacked.)
+        let drained = raw
+            .pushes
+            .iter()
+            .any(|p| matches!(p, hush::wire::protocol::Push::QueueEmpty));
         let ids: Vec<_> = raw
             .pushes
             .iter()
@@ -400,11 +407,7 @@ async fn a_large_backlog_is_delivered_while_the_device_keeps_talking() {
                 Ok(Response::Ok)
             );
         }
-        if raw
-            .pushes
-            .iter()
-            .any(|p| matches!(p, hush::wire::protocol::Push::QueueEmpty))
-        {
+        if drained {
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
