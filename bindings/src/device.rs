@@ -645,13 +645,7 @@ impl Device {
     /// [`HushError::InvalidArgument`], [`HushError::Storage`].
     pub fn safety_number(&self, user: String) -> Result<Option<SafetyNumber>, HushError> {
         let user = user_id(&user)?;
-        self.with(|m, _| {
-            Ok(m.safety_number(&user)?.map(|n| SafetyNumber {
-                digits: n.digits(),
-                groups: n.display_groups(),
-                qr_payload: n.qr_payload(),
-            }))
-        })
+        self.with(|m, _| Ok(m.safety_number(&user)?.as_ref().map(SafetyNumber::from)))
     }
 
     /// The safety number `user` would have with `identity` (32 bytes): for
@@ -674,11 +668,7 @@ impl Device {
                 &user,
                 &identity,
             );
-            Ok(SafetyNumber {
-                digits: n.digits(),
-                groups: n.display_groups(),
-                qr_payload: n.qr_payload(),
-            })
+            Ok((&n).into())
         })
     }
 

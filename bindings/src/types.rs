@@ -133,6 +133,16 @@ pub struct SafetyNumber {
     pub qr_payload: Vec<u8>,
 }
 
+impl From<&hush::fingerprint::SafetyNumber> for SafetyNumber {
+    fn from(n: &hush::fingerprint::SafetyNumber) -> Self {
+        Self {
+            digits: n.digits(),
+            groups: n.display_groups(),
+            qr_payload: n.qr_payload(),
+        }
+    }
+}
+
 /// What an attachment is, which decides its size cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum AttachmentKind {

@@ -63,7 +63,6 @@ class AsyncConnection:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: Optional[asyncio.Task[None]] = None
-        self._writer: Optional[asyncio.StreamWriter] = None
 
     async def __aenter__(self) -> "AsyncConnection":
         self.start()

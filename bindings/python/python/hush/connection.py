@@ -421,9 +421,7 @@ class Connection:
                 while out:
                     try:
                         sent = sock.send(out)
-                    except (ssl.SSLWantWriteError, BlockingIOError):
-                        break
-                    except (ssl.SSLWantReadError):
+                    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
                         break
                     except OSError as e:
                         return f"write failed: {e}"
