@@ -59,12 +59,33 @@ def time_per_call(fn, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def breakdown(payload: bytes, n: int) -> None:
+    """Where a call through uniffi's generated Python spends its time."""
+    from hush._native import hush_ffi as generated
+
+    alice, _, _, _ = hush_pair()
+    pieces = [
+        ("a bare ctypes call (the contract version)",
+         generated._UniffiLib.ffi_hush_ffi_uniffi_contract_version),
+        ("a trivial method returning 32 bytes (identity_key)", alice.identity_key),
+        ("lowering 1 KiB of bytes into a Rust buffer, and freeing it",
+         lambda: generated._UniffiFfiConverterBytes.lower(payload).free()),
+    ]
+    for label, fn in pieces:
+        time_per_call(fn, n // 10)
+        print(f"{label}: {statistics.median(time_per_call(fn, n) for _ in range(5)) * 1e6:.2f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=3000, help="round trips per repeat")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time pieces of a call through uniffi's generated Python")
     args = parser.parse_args()
     payload = os.urandom(1024)
+    if args.breakdown:
+        breakdown(payload, args.n)
 
     alice, bob, a, b = hush_pair()
     # The hot path: a session handle, bytes in and bytes out.
