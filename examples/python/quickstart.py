@@ -68,10 +68,10 @@ def main() -> int:
             return Connection(client, host, int(port), args.server_name, ctx)
 
         with connection(alice_id) as alice, connection(bob_id) as bob:
-            # A new device's first login publishes its prekeys; from then on
-            # others can start a session with it.
+            # QueueEmpty comes once the login's prekeys and certificate are
+            # published: from then on others can start a session with the device.
             for conn in (alice, bob):
-                conn.wait_for(lambda e: isinstance(e, ClientEvent.PRE_KEYS_REPLENISHED))
+                conn.wait_for(lambda e: isinstance(e, ClientEvent.QUEUE_EMPTY))
             alice.send_text(bob_id, "Hi Bob, this is end-to-end encrypted.")
             alice.wait_for(lambda e: isinstance(e, ClientEvent.SENT))
             got = bob.wait_for(is_text)

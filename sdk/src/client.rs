@@ -122,7 +122,10 @@ impl std::fmt::Debug for Plaintext {
 pub enum ClientEvent {
     /// Logged in; queued messages follow, then [`ClientEvent::QueueEmpty`].
     Authenticated,
-    /// Every queued message was delivered.
+    /// Every queued message was delivered, and this device's prekeys and
+    /// certificate are published: from now on other devices can reach it.
+    /// (The server reports its queue drained; the client holds that back
+    /// until the server has answered the publications it makes at login.)
     QueueEmpty,
     /// A message. Call [`Client::confirm`] once the app has kept it.
     Message {
@@ -225,15 +228,34 @@ enum Transfer {
 enum Pending {
     Authenticate,
     LinkPermission,
-    UploadBegin { transfer: u64 },
-    UploadChunk { transfer: u64 },
-    UploadFinish { transfer: u64 },
-    Download { transfer: u64 },
-    PublishPreKeys { one_time: usize, pq_one_time: usize },
+    UploadBegin {
+        transfer: u64,
+    },
+    UploadChunk {
+        transfer: u64,
+    },
+    UploadFinish {
+        transfer: u64,
+    },
+    Download {
+        transfer: u64,
+    },
+    PublishPreKeys {
+        one_time: usize,
+        pq_one_time: usize,
+    },
+    /// One of the publications made at login.
+    LoginPublish,
     ListOwnDevices,
-    RemoveDevice { device: DeviceId },
-    FetchBundles { job: u64 },
-    Send { job: u64 },
+    RemoveDevice {
+        device: DeviceId,
+    },
+    FetchBundles {
+        job: u64,
+    },
+    Send {
+        job: u64,
+    },
     Quiet,
 }
 
@@ -260,6 +282,10 @@ pub struct Client<S: Store> {
     next_ping: Option<u64>,
     transfers: BTreeMap<u64, Transfer>,
     next_transfer: u64,
+    /// Publications made at login and not answered yet.
+    login_publishing: u8,
+    /// The server reported its queue drained while `login_publishing` > 0.
+    queue_empty_held: bool,
 }
 
 impl<S: Store> std::fmt::Debug for Client<S> {
@@ -298,6 +324,8 @@ impl<S: Store> Client<S> {
             next_ping: None,
             transfers: BTreeMap::new(),
             next_transfer: 1,
+            login_publishing: 0,
+            queue_empty_held: false,
         })
     }
 
@@ -329,6 +357,8 @@ impl<S: Store> Client<S> {
         self.pending.clear();
         self.transmit.clear();
         self.next_ping = None;
+        self.login_publishing = 0;
+        self.queue_empty_held = false;
         // Transfers do not survive a connection: report them failed.
         let transfers: Vec<u64> = self.transfers.keys().copied().collect();
         for t in transfers {
@@ -381,7 +411,7 @@ impl<S: Store> Client<S> {
         self.next_ping = Some(now.saturating_add(self.config.ping_interval));
         self.request(Request::Ping, Pending::Quiet);
         if self.manager.rotate_prekeys(rng, now)? {
-            self.publish_signed_prekeys()?;
+            self.publish_signed_prekeys(Pending::Quiet)?;
         }
         self.manager
             .purge_processed(now, self.config.processed_retention)?;
@@ -859,7 +889,7 @@ impl<S: Store> Client<S> {
             .extend(events.into_iter().map(ClientEvent::Trust));
     }
 
-    fn publish_signed_prekeys(&mut self) -> Result<(), ClientError> {
+    fn publish_signed_prekeys(&mut self, pending: Pending) -> Result<(), ClientError> {
         let bundle = self.manager.bundle()?;
         self.request(
             Request::PublishPreKeys {
@@ -870,7 +900,7 @@ impl<S: Store> Client<S> {
                 pq_last_resort: bundle.pq_prekey,
                 pq_one_time: Vec::new(),
             },
-            Pending::Quiet,
+            pending,
         );
         Ok(())
     }
@@ -892,6 +922,7 @@ impl<S: Store> Client<S> {
                 );
             }
             Push::Deliver(delivery) => self.handle_delivery(rng, delivery, now)?,
+            Push::QueueEmpty if self.login_publishing > 0 => self.queue_empty_held = true,
             Push::QueueEmpty => self.events.push_back(ClientEvent::QueueEmpty),
             Push::PreKeysLow {
                 remaining,
@@ -1038,14 +1069,31 @@ impl<S: Store> Client<S> {
                 self.authenticated = true;
                 self.next_ping = Some(now.saturating_add(self.config.ping_interval));
                 self.events.push_back(ClientEvent::Authenticated);
+                // Prekeys before the certificate: the server lists a device
+                // to senders once its certificate is in, and the requests of
+                // one connection are handled in order, so a listed device
+                // always has a bundle to fetch.
+                self.publish_signed_prekeys(Pending::LoginPublish)?;
                 let certificate = self.manager.certificate().clone();
-                self.request(Request::PublishCertificate { certificate }, Pending::Quiet);
-                self.publish_signed_prekeys()?;
+                self.request(
+                    Request::PublishCertificate { certificate },
+                    Pending::LoginPublish,
+                );
+                self.login_publishing = 2;
                 let user = self.manager.address().user.clone();
                 self.request(Request::ListDevices { user }, Pending::ListOwnDevices);
                 let jobs: Vec<u64> = self.jobs.keys().copied().collect();
                 for job in jobs {
                     self.start_job(rng, job, now)?;
+                }
+            }
+            (Pending::LoginPublish, result) => {
+                if let Err(e) = result {
+                    self.events.push_back(ClientEvent::ServerError(e));
+                }
+                self.login_publishing = self.login_publishing.saturating_sub(1);
+                if self.login_publishing == 0 && std::mem::take(&mut self.queue_empty_held) {
+                    self.events.push_back(ClientEvent::QueueEmpty);
                 }
             }
             (Pending::LinkPermission, Ok(Response::LinkPermission { token, .. })) => {
@@ -1489,9 +1537,10 @@ impl<S: Store> Client<S> {
             },
             Pending::Quiet,
         );
+        // Prekeys before the certificate, as at login.
+        self.publish_signed_prekeys(Pending::Quiet)?;
         let certificate = self.manager.certificate().clone();
         self.request(Request::PublishCertificate { certificate }, Pending::Quiet);
-        self.publish_signed_prekeys()?;
         Ok(())
     }
 

@@ -1522,3 +1522,113 @@ fn replacing_the_account_identity_locks_out_a_stolen_device() {
         "{got:?}"
     );
 }
+
+/// Decodes every frame the client wants to write.
+fn sent_requests(client: &mut Client<MemoryStore>) -> Vec<ClientFrame> {
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    let mut frames = Vec::new();
+    while let Some(bytes) = client.poll_transmit() {
+        decoder.push(&bytes).unwrap();
+        while let Some(payload) = decoder.next_frame().unwrap() {
+            frames.push(ClientFrame::from_payload(&payload).unwrap());
+        }
+    }
+    frames
+}
+
+fn drain_events(client: &mut Client<MemoryStore>) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| client.poll_event()).collect()
+}
+
+fn has_queue_empty(events: &[ClientEvent]) -> bool {
+    events.iter().any(|e| matches!(e, ClientEvent::QueueEmpty))
+}
+
+/// A device is reachable once its certificate is listed, so at login the
+/// prekeys go first, and `QueueEmpty` (which hosts take as "ready") waits
+/// until both publications are answered, whatever order the server's
+/// queue-drained push comes in.
+#[test]
+fn queue_empty_waits_for_the_login_publications() {
+    for fail_prekeys in [false, true] {
+        let mut dev = client_for(
+            IdentityKeyPair::generate(&mut rng(140)),
+            DeviceAuthKeyPair::generate(&mut rng(141)),
+            "alice",
+            DeviceId(1),
+            142,
+        );
+        let c = &mut dev.client;
+        let r = &mut dev.rng;
+        c.handle_connected(T0);
+        let nonce = Nonce::random(&mut rng(143));
+        c.handle_input(r, &frame(&ServerFrame::Push(Push::Challenge { nonce })), T0)
+            .unwrap();
+        let login = sent_requests(c);
+        assert!(matches!(
+            login[..],
+            [ClientFrame {
+                request: Request::Authenticate { .. },
+                ..
+            }]
+        ));
+        let answer = |id, result| frame(&ServerFrame::Response { id, result });
+        c.handle_input(
+            r,
+            &answer(login[0].id, Ok(Response::Authenticated { server_time: T0 })),
+            T0,
+        )
+        .unwrap();
+        let after = sent_requests(c);
+        let prekeys = after
+            .iter()
+            .position(|f| {
+                matches!(
+                    f.request,
+                    Request::PublishPreKeys {
+                        signed: Some(_),
+                        ..
+                    }
+                )
+            })
+            .expect("signed prekeys published at login");
+        let certificate = after
+            .iter()
+            .position(|f| matches!(f.request, Request::PublishCertificate { .. }))
+            .expect("certificate published at login");
+        assert!(prekeys < certificate, "prekeys go before the certificate");
+
+        c.handle_input(r, &frame(&ServerFrame::Push(Push::QueueEmpty)), T0)
+            .unwrap();
+        let mut events = drain_events(c);
+        assert!(!has_queue_empty(&events), "held while nothing is published");
+        let result = if fail_prekeys {
+            Err(ProtocolError::new(ErrorCode::Internal, "disk full"))
+        } else {
+            Ok(Response::Ok)
+        };
+        c.handle_input(r, &answer(after[prekeys].id, result), T0)
+            .unwrap();
+        events.extend(drain_events(c));
+        assert!(
+            !has_queue_empty(&events),
+            "held while the certificate is pending"
+        );
+        c.handle_input(r, &answer(after[certificate].id, Ok(Response::Ok)), T0)
+            .unwrap();
+        events.extend(drain_events(c));
+        assert!(has_queue_empty(&events), "released once both are answered");
+        let server_error = events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::ServerError(_)));
+        assert_eq!(
+            server_error, fail_prekeys,
+            "a refused publication is reported"
+        );
+
+        // Later drains (nothing pending) pass straight through.
+        c.handle_input(r, &frame(&ServerFrame::Push(Push::QueueEmpty)), T0)
+            .unwrap();
+        assert!(has_queue_empty(&drain_events(c)));
+    }
+}
