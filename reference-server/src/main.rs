@@ -221,8 +221,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
             println!(
-                "purged {} envelopes, {} blobs, {} partial uploads",
-                purged.envelopes, purged.blobs, purged.partial_uploads
+                "purged {} envelopes, {} blobs, {} partial uploads, {} link permissions",
+                purged.envelopes, purged.blobs, purged.partial_uploads, purged.link_permissions
             );
             Ok(())
         }

@@ -427,7 +427,8 @@ async fn handshake_and_serve<S: Storage, B: BlobStore>(
     crate::connection::serve(shared, tls, ip).await;
 }
 
-/// Purges expired envelopes, blobs and idle partial uploads, and refreshes
+/// Purges expired envelopes, blobs, link permissions and idle partial
+/// uploads, and refreshes
 /// the queue-depth gauge.
 async fn housekeeping<S: Storage, B: BlobStore>(shared: Arc<Shared<S, B>>) {
     let mut shutdown = shared.shutdown.clone();
@@ -476,9 +477,12 @@ pub struct Purged {
     pub blobs: u64,
     /// Idle partial uploads.
     pub partial_uploads: u64,
+    /// Expired link permissions.
+    pub link_permissions: u64,
 }
 
-/// Removes envelopes and blobs older than the TTL and idle partial uploads.
+/// Removes envelopes and blobs older than the TTL, idle partial uploads and
+/// expired link permissions.
 ///
 /// # Errors
 /// A storage or blob-store error.
@@ -487,7 +491,8 @@ pub async fn purge<S: Storage, B: BlobStore>(
     storage: &S,
     blobs: &B,
 ) -> Result<Purged, Box<dyn std::error::Error + Send + Sync>> {
-    let before = unix_now().saturating_sub(config.message_ttl);
+    let now = unix_now();
+    let before = now.saturating_sub(config.message_ttl);
     let envelopes = storage.purge_envelopes(before).await?;
     let expired = storage.purge_blobs(before).await?;
     for blob in &expired {
@@ -496,10 +501,12 @@ pub async fn purge<S: Storage, B: BlobStore>(
     let partial_uploads = blobs
         .purge_partial(Duration::from_secs(config.limits.upload_idle_timeout))
         .await?;
+    let link_permissions = storage.purge_link_permissions(now).await?;
     let purged = Purged {
         envelopes,
         blobs: expired.len() as u64,
         partial_uploads,
+        link_permissions,
     };
     tracing::info!(?purged, "purged");
     Ok(purged)
