@@ -428,8 +428,7 @@ async fn handshake_and_serve<S: Storage, B: BlobStore>(
 }
 
 /// Purges expired envelopes, blobs, link permissions and idle partial
-/// uploads, and refreshes
-/// the queue-depth gauge.
+/// uploads, and refreshes the queue-depth gauge.
 async fn housekeeping<S: Storage, B: BlobStore>(shared: Arc<Shared<S, B>>) {
     let mut shutdown = shared.shutdown.clone();
     let mut last_purge = Instant::now();
