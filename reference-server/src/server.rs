@@ -478,10 +478,14 @@ pub struct Purged {
     pub partial_uploads: u64,
     /// Expired link permissions.
     pub link_permissions: u64,
+    /// Blob files the index did not know (left by a crash) and old enough
+    /// to have expired.
+    pub orphan_blobs: u64,
 }
 
-/// Removes envelopes and blobs older than the TTL, idle partial uploads and
-/// expired link permissions.
+/// Removes envelopes and blobs older than the TTL, idle partial uploads,
+/// expired link permissions, and blob files older than the TTL that the index
+/// lost.
 ///
 /// # Errors
 /// A storage or blob-store error.
@@ -501,11 +505,24 @@ pub async fn purge<S: Storage, B: BlobStore>(
         .purge_partial(Duration::from_secs(config.limits.upload_idle_timeout))
         .await?;
     let link_permissions = storage.purge_link_permissions(now).await?;
+    // A blob's file is last written at most an idle upload's lifetime (the
+    // idle timeout, plus up to one purge interval before the purge notices)
+    // before its index row: files older than the TTL by that much have no
+    // row left, because the index purge above just removed every expired
+    // one. What remains was orphaned by a crash between file and row.
+    let margin = config
+        .limits
+        .upload_idle_timeout
+        .saturating_add(config.purge_interval);
+    let orphan_blobs = blobs
+        .purge_older(Duration::from_secs(config.message_ttl.saturating_add(margin)))
+        .await?;
     let purged = Purged {
         envelopes,
         blobs: expired.len() as u64,
         partial_uploads,
         link_permissions,
+        orphan_blobs,
     };
     tracing::info!(?purged, "purged");
     Ok(purged)
