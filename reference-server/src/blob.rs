@@ -5,7 +5,9 @@
 //! Partial uploads that stay idle are removed by
 //! [`purge_partial`](BlobStore::purge_partial), which also runs at start-up.
 //! The index of finished blobs (owner, size, age) is in the
-//! [`Storage`](crate::storage::Storage).
+//! [`Storage`](crate::storage::Storage); a blob file the index lost (a crash
+//! between the file and its index row, either way) is removed by age with
+//! [`purge_older`](BlobStore::purge_older).
 
 use std::future::Future;
 use std::io;
@@ -48,6 +50,10 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Removes partial uploads not written to for `idle`; returns how many.
     fn purge_partial(&self, idle: Duration) -> impl Future<Output = io::Result<u64>> + Send;
+
+    /// Removes finished blobs last written more than `age` ago, whether the
+    /// index knows them or not; returns how many.
+    fn purge_older(&self, age: Duration) -> impl Future<Output = io::Result<u64>> + Send;
 }
 
 /// Blobs as files in a local folder: `blobs/<id>` and `partial/<id>`.
@@ -156,20 +162,34 @@ impl BlobStore for LocalBlobStore {
     }
 
     async fn purge_partial(&self, idle: Duration) -> io::Result<u64> {
-        let cutoff = SystemTime::now()
-            .checked_sub(idle)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut removed = 0;
-        let mut entries = tokio::fs::read_dir(&self.partial).await?;
-        while let Some(entry) = entries.next_entry().await? {
-            let modified = entry.metadata().await?.modified()?;
-            if modified <= cutoff {
-                ignore_missing(tokio::fs::remove_file(entry.path()).await)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        remove_older(&self.partial, idle).await
     }
+
+    async fn purge_older(&self, age: Duration) -> io::Result<u64> {
+        remove_older(&self.blobs, age).await
+    }
+}
+
+/// Removes the files of `dir` last modified `age` ago or earlier.
+async fn remove_older(dir: &Path, age: Duration) -> io::Result<u64> {
+    let cutoff = SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut removed = 0;
+    let mut entries = tokio::fs::read_dir(dir).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        let metadata = match entry.metadata().await {
+            Ok(m) => m,
+            // Removed meanwhile (an abort, a delete).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if metadata.is_file() && metadata.modified()? <= cutoff {
+            ignore_missing(tokio::fs::remove_file(entry.path()).await)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -217,5 +237,34 @@ mod tests {
         );
         assert_eq!(store.purge_partial(Duration::ZERO).await.unwrap(), 1);
         assert!(store.append(&UploadId([3; 16]), b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn blobs_are_purged_by_the_age_of_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(dir.path()).unwrap();
+        let (old, new) = (BlobId([4; 16]), BlobId([5; 16]));
+        for (n, blob) in [(6u8, &old), (7, &new)] {
+            store.begin(&UploadId([n; 16])).await.unwrap();
+            store.append(&UploadId([n; 16]), b"data").await.unwrap();
+            store.commit(&UploadId([n; 16]), blob).await.unwrap();
+        }
+        store.begin(&UploadId([8; 16])).await.unwrap();
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        for path in [store.blob_path(&old), store.partial_path(&UploadId([8; 16]))] {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
+        let hour = Duration::from_secs(3600);
+        assert_eq!(store.purge_older(hour).await.unwrap(), 1);
+        assert_eq!(store.read(&old, 0, 4).await.unwrap(), None);
+        assert!(store.read(&new, 0, 4).await.unwrap().is_some());
+        // Partial uploads are not blobs: only purge_partial takes them.
+        assert_eq!(store.purge_older(hour).await.unwrap(), 0);
+        assert_eq!(store.purge_partial(hour).await.unwrap(), 1);
     }
 }

@@ -221,8 +221,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
             println!(
-                "purged {} envelopes, {} blobs, {} partial uploads",
-                purged.envelopes, purged.blobs, purged.partial_uploads
+                "purged {} envelopes, {} blobs, {} partial uploads, {} link permissions, {} orphaned blob files",
+                purged.envelopes,
+                purged.blobs,
+                purged.partial_uploads,
+                purged.link_permissions,
+                purged.orphan_blobs
             );
             Ok(())
         }

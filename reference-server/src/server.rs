@@ -427,8 +427,8 @@ async fn handshake_and_serve<S: Storage, B: BlobStore>(
     crate::connection::serve(shared, tls, ip).await;
 }
 
-/// Purges expired envelopes, blobs and idle partial uploads, and refreshes
-/// the queue-depth gauge.
+/// Purges expired envelopes, blobs, link permissions and idle partial
+/// uploads, and refreshes the queue-depth gauge.
 async fn housekeeping<S: Storage, B: BlobStore>(shared: Arc<Shared<S, B>>) {
     let mut shutdown = shared.shutdown.clone();
     let mut last_purge = Instant::now();
@@ -476,9 +476,16 @@ pub struct Purged {
     pub blobs: u64,
     /// Idle partial uploads.
     pub partial_uploads: u64,
+    /// Expired link permissions.
+    pub link_permissions: u64,
+    /// Blob files the index did not know (left by a crash) and old enough
+    /// to have expired.
+    pub orphan_blobs: u64,
 }
 
-/// Removes envelopes and blobs older than the TTL and idle partial uploads.
+/// Removes envelopes and blobs older than the TTL, idle partial uploads,
+/// expired link permissions, and blob files older than the TTL that the index
+/// lost.
 ///
 /// # Errors
 /// A storage or blob-store error.
@@ -487,7 +494,8 @@ pub async fn purge<S: Storage, B: BlobStore>(
     storage: &S,
     blobs: &B,
 ) -> Result<Purged, Box<dyn std::error::Error + Send + Sync>> {
-    let before = unix_now().saturating_sub(config.message_ttl);
+    let now = unix_now();
+    let before = now.saturating_sub(config.message_ttl);
     let envelopes = storage.purge_envelopes(before).await?;
     let expired = storage.purge_blobs(before).await?;
     for blob in &expired {
@@ -496,10 +504,25 @@ pub async fn purge<S: Storage, B: BlobStore>(
     let partial_uploads = blobs
         .purge_partial(Duration::from_secs(config.limits.upload_idle_timeout))
         .await?;
+    let link_permissions = storage.purge_link_permissions(now).await?;
+    // A blob's file is last written at most an idle upload's lifetime (the
+    // idle timeout, plus up to one purge interval before the purge notices)
+    // before its index row: files older than the TTL by that much have no
+    // row left, because the index purge above just removed every expired
+    // one. What remains was orphaned by a crash between file and row.
+    let margin = config
+        .limits
+        .upload_idle_timeout
+        .saturating_add(config.purge_interval);
+    let orphan_blobs = blobs
+        .purge_older(Duration::from_secs(config.message_ttl.saturating_add(margin)))
+        .await?;
     let purged = Purged {
         envelopes,
         blobs: expired.len() as u64,
         partial_uploads,
+        link_permissions,
+        orphan_blobs,
     };
     tracing::info!(?purged, "purged");
     Ok(purged)

@@ -348,6 +348,14 @@ pub trait Storage: Send + Sync + 'static {
         before: u64,
     ) -> impl Future<Output = Result<u64, StorageError>> + Send;
 
+    /// Deletes link permissions that expired at or before `now` (a spent
+    /// link also removes its account's expired ones; this catches accounts
+    /// that never link again); returns how many.
+    fn purge_link_permissions(
+        &self,
+        now: u64,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
     /// Sets or clears the device's push token.
     ///
     /// # Errors
@@ -544,6 +552,10 @@ impl Storage for AnyStorage {
 
     async fn purge_envelopes(&self, before: u64) -> Result<u64, StorageError> {
         delegate!(self.purge_envelopes(before))
+    }
+
+    async fn purge_link_permissions(&self, now: u64) -> Result<u64, StorageError> {
+        delegate!(self.purge_link_permissions(now))
     }
 
     async fn set_push_token(

@@ -88,11 +88,27 @@ async fn delete_account_and_purge_remove_what_they_should() {
         ok && out.contains("purged 0 envelopes"),
         "30 days by default: {out}"
     );
+    // Blob files without an index entry (a crash between file and row): the
+    // one older than the TTL and an idle upload's lifetime goes, the recent
+    // one stays.
+    let blobs = server.config.blob_dir().join("blobs");
+    let (orphan, recent) = (blobs.join("ab".repeat(16)), blobs.join("cd".repeat(16)));
+    for path in [&orphan, &recent] {
+        std::fs::write(path, b"ciphertext").unwrap();
+    }
+    std::fs::File::options()
+        .write(true)
+        .open(&orphan)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3 * 86_400))
+        .unwrap();
     let file = dir.join("short.toml");
     std::fs::write(&file, "message_ttl = 1\n").unwrap();
     let (ok, out) = hush_server(&dir, &["--config", file.to_str().unwrap(), "purge"]);
     assert!(ok, "{out}");
     assert!(out.contains("purged 1 envelopes"), "{out}");
+    assert!(out.contains("1 orphaned blob files"), "{out}");
+    assert!(!orphan.exists() && recent.exists());
     assert!(
         storage
             .queued(&bob_address, 0, 10)

@@ -964,6 +964,13 @@ impl Storage for MysqlStorage {
         Ok(conn.affected_rows())
     }
 
+    async fn purge_link_permissions(&self, now: u64) -> Result<u64, StorageError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop("DELETE FROM link_permissions WHERE expires_at <= ?", (now,))
+            .await?;
+        Ok(conn.affected_rows())
+    }
+
     async fn set_push_token(
         &self,
         address: &DeviceAddress,

@@ -854,6 +854,19 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn purge_link_permissions(
+        &self,
+        now: u64,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        self.write(move |tx| {
+            let deleted = tx.execute(
+                "DELETE FROM link_permissions WHERE expires_at <= ?1",
+                [int(now)],
+            )?;
+            Ok(deleted as u64)
+        })
+    }
+
     fn set_push_token(
         &self,
         address: &DeviceAddress,

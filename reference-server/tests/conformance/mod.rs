@@ -74,6 +74,7 @@ macro_rules! conformance_tests {
             ack_removes_only_own_envelopes,
             queue_depth_counts_every_queue,
             purging_envelopes_goes_by_server_time,
+            expired_link_permissions_are_purged,
             push_tokens_are_set_and_cleared,
             blobs_are_indexed_and_purged_by_age,
             migrate_is_idempotent,
@@ -1397,6 +1398,35 @@ pub(crate) async fn purging_envelopes_goes_by_server_time<S: Storage>(s: &S) {
     assert_eq!(queued_ids(s, &b).await, vec![batch[1].delivery.id]);
     assert_eq!(s.purge_envelopes(NOW + 1).await.unwrap(), 2);
     assert_eq!(s.queue_depth().await.unwrap(), 0);
+}
+
+/// The purge deletes exactly the permissions expired by then, of every
+/// account, and a permission still valid keeps working.
+pub(crate) async fn expired_link_permissions_are_purged<S: Storage>(s: &S) {
+    let mut keys = Keys::new(30);
+    let alice = account(s, &mut keys, "alice").await;
+    let bob = account(s, &mut keys, "bob").await;
+    let (short, long, bobs) = (keys.token(), keys.token(), keys.token());
+    for (issuer, token, expires_at) in [
+        (alice.device(1), &short, NOW + 10),
+        (alice.device(1), &long, NOW + 20),
+        (bob.device(1), &bobs, NOW + 15),
+    ] {
+        s.add_link_permission(&issuer, token, expires_at)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.purge_link_permissions(NOW).await.unwrap(), 0);
+    assert_eq!(s.purge_link_permissions(NOW + 15).await.unwrap(), 2);
+    assert_eq!(s.purge_link_permissions(NOW + 15).await.unwrap(), 0);
+    let auth = DeviceAuthKeyPair::generate(&mut keys.rng).public_key();
+    let device = s
+        .add_linked_device(&alice.user, &long, &auth, 6, NOW + 16)
+        .await
+        .unwrap();
+    assert_eq!(device, DeviceId(2));
+    // The spent one is gone with the link: nothing is left to purge.
+    assert_eq!(s.purge_link_permissions(NOW + 100).await.unwrap(), 0);
 }
 
 /// A push token is set, replaced and cleared per device.
