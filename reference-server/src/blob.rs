@@ -251,7 +251,10 @@ mod tests {
         }
         store.begin(&UploadId([8; 16])).await.unwrap();
         let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
-        for path in [store.blob_path(&old), store.partial_path(&UploadId([8; 16]))] {
+        for path in [
+            store.blob_path(&old),
+            store.partial_path(&UploadId([8; 16])),
+        ] {
             std::fs::File::options()
                 .write(true)
                 .open(path)

@@ -515,7 +515,9 @@ pub async fn purge<S: Storage, B: BlobStore>(
         .upload_idle_timeout
         .saturating_add(config.purge_interval);
     let orphan_blobs = blobs
-        .purge_older(Duration::from_secs(config.message_ttl.saturating_add(margin)))
+        .purge_older(Duration::from_secs(
+            config.message_ttl.saturating_add(margin),
+        ))
         .await?;
     let purged = Purged {
         envelopes,
