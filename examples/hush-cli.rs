@@ -889,8 +889,9 @@ impl App {
         Ok(())
     }
 
-    /// Waits until every message sent has reached the server: sends live in
-    /// memory, and a new connection would send them again.
+    /// Waits until every message sent has reached the server, so that each
+    /// outcome is shown before the program exits (a send still pending would
+    /// wait in the store's outbox for the next run).
     async fn settle(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + WAIT;
         loop {

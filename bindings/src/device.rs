@@ -758,9 +758,13 @@ impl Device {
     /// `server_name` (the name the app dials). The device stays usable and
     /// shares its state with the client; a second call returns a client
     /// over the same state, replacing the first one's connection state.
+    /// Messages still in the store's outbox (sent while offline, or not
+    /// accepted before the app last exited) go out after login.
     ///
     /// # Errors
-    /// [`HushError::InvalidArgument`] for an invalid server name.
+    /// [`HushError::InvalidArgument`] for an invalid server name; a store
+    /// error reading the outbox closes the device (its state is in the
+    /// store: open it again).
     pub fn client(self: Arc<Self>, server_name: String) -> Result<Arc<Client>, HushError> {
         // Checked first: `Client::new` takes the manager with it when it fails.
         hush::wire::protocol::canonical_server_name(&server_name)
@@ -779,7 +783,14 @@ impl Device {
                 return Err(closed());
             }
         };
-        let client = hush::client::Client::new(manager, &server_name, Default::default())?;
+        let client = match hush::client::Client::new(manager, &server_name, Default::default()) {
+            Ok(c) => c,
+            Err(e) => {
+                // The manager went with the failed call.
+                inner.mode = Mode::Closed;
+                return Err(e.into());
+            }
+        };
         inner.mode = Mode::Client(Box::new(client));
         drop(inner);
         Ok(Client::wrap(self.shared.clone()))

@@ -21,7 +21,7 @@ pub struct StoredRow {
 pub enum StoreOp {
     /// Insert or replace the row `(table, key)`.
     Put {
-        /// The table id (0 to 8; keep it as an opaque number).
+        /// The table id (0 to 9; keep it as an opaque number).
         table: u8,
         /// The row key.
         key: Vec<u8>,

@@ -30,7 +30,7 @@ use crate::attachment::{
     AttachmentError, AttachmentKind, AttachmentPointer, Decryptor, Encryptor, PendingPointer,
 };
 use crate::keys::{DeviceAddress, DeviceId, UserId};
-use crate::manager::{Error, Event, IdentityChange, Received, SessionManager};
+use crate::manager::{Error, Event, IdentityChange, OutboxRecord, Received, SessionManager};
 use crate::store::Store;
 use crate::wire::content::{Body, Content, ContentError, MessageId};
 use crate::wire::envelope::{Envelope, EnvelopeError};
@@ -300,25 +300,41 @@ impl<S: Store> std::fmt::Debug for Client<S> {
 
 impl<S: Store> Client<S> {
     /// A client for the device in `manager`, talking to `server_name` (the
-    /// name the host dials, without a port).
+    /// name the host dials, without a port). Messages left in the store's
+    /// outbox by an earlier client are sent again after login.
     ///
     /// # Errors
-    /// [`ClientError::ServerName`] for a name that is not a DNS name or IP literal.
+    /// [`ClientError::ServerName`] for a name that is not a DNS name or IP
+    /// literal; [`ClientError::Sdk`] when the outbox cannot be read.
     pub fn new(
         manager: SessionManager<S>,
         server_name: &str,
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
+        let server_name = canonical_server_name(server_name)?;
+        let mut jobs = BTreeMap::new();
+        for mut record in manager.outbox()? {
+            jobs.insert(
+                record.order,
+                SendJob {
+                    recipient: record.recipient.clone(),
+                    message: MessageId(record.message),
+                    padded: Zeroizing::new(std::mem::take(&mut record.padded)),
+                    retried: false,
+                },
+            );
+        }
+        let next_job = jobs.keys().next_back().map_or(1, |last| last + 1);
         Ok(Self {
             manager,
-            server_name: canonical_server_name(server_name)?,
+            server_name,
             config,
             decoder: FrameDecoder::new(MAX_FRAME_LEN),
             authenticated: false,
             next_request: 1,
             pending: BTreeMap::new(),
-            jobs: BTreeMap::new(),
-            next_job: 1,
+            jobs,
+            next_job,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             next_ping: None,
@@ -454,8 +470,17 @@ impl<S: Store> Client<S> {
     /// user's other devices. The outcome comes as [`ClientEvent::Sent`] or
     /// [`ClientEvent::DeliveryFailed`].
     ///
+    /// The message (and the copy) is kept in the store's outbox until the
+    /// server accepts it or it fails, so that one not yet accepted is sent
+    /// again by the next [`Client`] made on the store after a crash or
+    /// restart. Sending is at least once: if the process dies after the
+    /// server accepted a message but before its answer arrived, the message
+    /// goes again, with the same [`MessageId`] (a receiving app can drop the
+    /// duplicate by it).
+    ///
     /// # Errors
-    /// [`ClientError::Content`] if the message is too large; store errors.
+    /// [`ClientError::Content`] if the message is too large; store errors
+    /// (then nothing was queued).
     pub fn send<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
@@ -469,8 +494,7 @@ impl<S: Store> Client<S> {
             sent_at: now,
             body,
         };
-        let padded = content.to_padded()?;
-        self.add_job(rng, recipient.clone(), id, padded, now)?;
+        let mut jobs = vec![(recipient.clone(), content.to_padded()?)];
         let own = self.manager.address().user.clone();
         if recipient != &own {
             let sync = Content {
@@ -481,16 +505,30 @@ impl<S: Store> Client<S> {
                     content: Box::new(content),
                 },
             };
-            self.add_job(rng, own, id, sync.to_padded()?, now)?;
+            jobs.push((own, sync.to_padded()?));
+        }
+        let first = self.next_job;
+        let records: Vec<OutboxRecord> = jobs
+            .iter()
+            .zip(first..)
+            .map(|((recipient, padded), order)| OutboxRecord {
+                order,
+                recipient: recipient.clone(),
+                message: id.0,
+                padded: padded.to_vec(),
+            })
+            .collect();
+        self.manager.outbox_add(rng, &records)?;
+        for (recipient, padded) in jobs {
+            self.add_job(rng, recipient, id, padded, now)?;
         }
         Ok(id)
     }
 
     /// Whether messages given to [`Self::send`] are still on their way,
     /// including the copies for this user's other devices (which report no
-    /// [`ClientEvent::Sent`]). Sends live in memory only: an app about to
-    /// close the connection or exit waits until this is false, or the copies
-    /// are lost.
+    /// [`ClientEvent::Sent`]). They are kept in the store's outbox, so an app
+    /// may exit with sends pending: the next client on the store sends them.
     #[must_use]
     pub fn has_pending_sends(&self) -> bool {
         !self.jobs.is_empty()
@@ -874,14 +912,18 @@ impl<S: Store> Client<S> {
         self.send_prepared(rng, job_id, now)
     }
 
-    fn fail_job(&mut self, job_id: u64, reason: impl Into<String>) {
+    /// Reports the job failed and forgets it (the app decides whether to
+    /// send again).
+    fn fail_job(&mut self, job_id: u64, reason: impl Into<String>) -> Result<(), ClientError> {
         if let Some(job) = self.jobs.remove(&job_id) {
+            self.manager.outbox_remove(job_id)?;
             self.events.push_back(ClientEvent::DeliveryFailed {
                 message: job.message,
                 recipient: job.recipient,
                 reason: reason.into(),
             });
         }
+        Ok(())
     }
 
     fn trust_events(&mut self, events: Vec<Event>) {
@@ -1154,7 +1196,7 @@ impl<S: Store> Client<S> {
                         Ok(events) => self.trust_events(events),
                         Err(Error::IdentityChanged(change)) => {
                             self.events.push_back(ClientEvent::IdentityChanged(change));
-                            self.fail_job(job, "the recipient's identity changed");
+                            self.fail_job(job, "the recipient's identity changed")?;
                             return Ok(());
                         }
                         Err(Error::Store(e)) => return Err(Error::Store(e).into()),
@@ -1169,13 +1211,15 @@ impl<S: Store> Client<S> {
                 if has_devices {
                     self.send_prepared(rng, job, now)?;
                 } else {
-                    self.fail_job(job, "the recipient has no usable device");
+                    self.fail_job(job, "the recipient has no usable device")?;
                 }
             }
             (Pending::Send { job }, Ok(Response::Sent { .. })) => {
-                if let Some(j) = self.jobs.remove(&job)
-                    && j.recipient != self.manager.address().user
-                {
+                let Some(j) = self.jobs.remove(&job) else {
+                    return Ok(());
+                };
+                self.manager.outbox_remove(job)?;
+                if j.recipient != self.manager.address().user {
                     self.events.push_back(ClientEvent::Sent {
                         message: j.message,
                         recipient: j.recipient,
@@ -1187,7 +1231,7 @@ impl<S: Store> Client<S> {
                     return Ok(());
                 };
                 if j.retried {
-                    self.fail_job(job, "the device list changed again");
+                    self.fail_job(job, "the device list changed again")?;
                     return Ok(());
                 }
                 j.retried = true;
@@ -1211,7 +1255,7 @@ impl<S: Store> Client<S> {
                 }
             }
             (Pending::Send { job } | Pending::FetchBundles { job }, Err(e)) => {
-                self.fail_job(job, e.to_string());
+                self.fail_job(job, e.to_string())?;
             }
             (_, Err(e)) => self.events.push_back(ClientEvent::ServerError(e)),
             _ => {}
@@ -1250,7 +1294,7 @@ impl<S: Store> Client<S> {
             self.fail_job(
                 job_id,
                 "the recipient has more devices than an account may have",
-            );
+            )?;
             return Ok(());
         }
         let mut envelopes = Vec::with_capacity(devices.len());

@@ -48,6 +48,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use zeroize::Zeroize;
 
 use crate::codec::DecodeError;
 use crate::fingerprint::SafetyNumber;
@@ -272,6 +273,25 @@ struct ReplayRecord {
 #[derive(Serialize, Deserialize)]
 struct ProcessedRecord {
     at: u64,
+}
+
+/// A message the client was asked to send and the server has not accepted
+/// yet (one per recipient user: the copy for this account's other devices
+/// is its own record), kept so that a crash or restart does not lose it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct OutboxRecord {
+    /// Queuing order, unique in the store; also the row's key.
+    pub(crate) order: u64,
+    pub(crate) recipient: UserId,
+    pub(crate) message: [u8; 16],
+    /// The padded content, encrypted anew for each attempt.
+    pub(crate) padded: Vec<u8>,
+}
+
+impl Drop for OutboxRecord {
+    fn drop(&mut self) {
+        self.padded.zeroize();
+    }
 }
 
 const ACCOUNT_ROW: &[u8] = b"account";
@@ -1119,6 +1139,45 @@ impl<S: Store> SessionManager<S> {
         batch.delete(Table::Inbox, self.vault.row_key(Table::Inbox, envelope_id));
         self.store.apply(batch)?;
         Ok(())
+    }
+
+    /// Keeps messages to send, in one batch.
+    pub(crate) fn outbox_add<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        records: &[OutboxRecord],
+    ) -> Result<(), Error> {
+        let mut changes = self.changes(rng);
+        for record in records {
+            changes.put(Table::Outbox, &record.order.to_be_bytes(), record)?;
+        }
+        let batch = changes.batch;
+        self.store.apply(batch)?;
+        Ok(())
+    }
+
+    /// Forgets a message to send: the server accepted it, or it failed.
+    pub(crate) fn outbox_remove(&mut self, order: u64) -> Result<(), Error> {
+        let mut batch = Batch::new();
+        batch.delete(
+            Table::Outbox,
+            self.vault.row_key(Table::Outbox, &order.to_be_bytes()),
+        );
+        self.store.apply(batch)?;
+        Ok(())
+    }
+
+    /// The messages to send, in queuing order.
+    pub(crate) fn outbox(&self) -> Result<Vec<OutboxRecord>, Error> {
+        let mut out = Vec::new();
+        for (row, sealed) in self.store.scan(Table::Outbox)? {
+            out.push(
+                self.vault
+                    .open::<OutboxRecord>(Table::Outbox, &row, &sealed)?,
+            );
+        }
+        out.sort_by_key(|r| r.order);
+        Ok(out)
     }
 
     /// Forgets processed envelope ids older than `max_age` seconds (the

@@ -51,11 +51,13 @@ pub enum Table {
     Processed,
     /// Decrypted messages the app has not yet confirmed.
     Inbox,
+    /// Messages to send that the server has not yet accepted.
+    Outbox,
 }
 
 impl Table {
     /// Every table, in id order.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Meta,
         Table::Account,
         Table::OneTimePreKeys,
@@ -65,6 +67,7 @@ impl Table {
         Table::LastResortReplay,
         Table::Processed,
         Table::Inbox,
+        Table::Outbox,
     ];
 
     /// The stable numeric id of the table (used in associated data and on disk).
@@ -79,6 +82,7 @@ impl Table {
             Table::LastResortReplay => 6,
             Table::Processed => 7,
             Table::Inbox => 8,
+            Table::Outbox => 9,
         }
     }
 

@@ -1632,3 +1632,54 @@ fn queue_empty_waits_for_the_login_publications() {
         assert!(has_queue_empty(&drain_events(c)));
     }
 }
+
+/// A message given to `send` and not yet accepted by the server survives a
+/// crash: the next client on the store sends it, once. One that was
+/// accepted, or that failed (the app was told), is not sent again.
+#[test]
+fn messages_not_yet_accepted_survive_a_crash() {
+    let World {
+        mut server,
+        mut alice1,
+        mut bob,
+        ..
+    } = world();
+    alice1.disconnect(&mut server);
+    let id = alice1
+        .client
+        .send_text(&mut alice1.rng, &user("bob"), "while offline", T0)
+        .unwrap();
+    assert!(alice1.client.has_pending_sends());
+    alice1.crash_and_restart(&mut server);
+    assert!(
+        alice1.client.has_pending_sends(),
+        "reloaded from the outbox"
+    );
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(bob.texts(), vec!["while offline"]);
+    assert!(has(&alice1, |e| matches!(
+        e,
+        ClientEvent::Sent { message, .. } if *message == id
+    )));
+    assert!(!alice1.client.has_pending_sends());
+
+    let failed = alice1
+        .client
+        .send_text(&mut alice1.rng, &user("nobody"), "no such user", T0)
+        .unwrap();
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert!(has(&alice1, |e| matches!(
+        e,
+        ClientEvent::DeliveryFailed { message, .. } if *message == failed
+    )));
+
+    bob.confirm_all();
+    alice1.crash_and_restart(&mut server);
+    assert!(!alice1.client.has_pending_sends(), "the outbox is empty");
+    pump(&mut server, &mut [&mut alice1, &mut bob]);
+    assert_eq!(bob.texts(), vec!["while offline"], "no second copy");
+    assert!(!has(&alice1, |e| matches!(
+        e,
+        ClientEvent::Sent { .. } | ClientEvent::DeliveryFailed { .. }
+    )));
+}

@@ -93,6 +93,33 @@ def test_offline_messages_wait_and_unconfirmed_ones_come_back(server, tmp_path, 
         conn.confirm(again.envelope_id)
 
 
+def test_a_message_sent_offline_survives_closing_the_app(server, tmp_path, unique_user):
+    """Sent with no connection, then the app closes its store (as on exit):
+    the reopened device sends it after login, once."""
+    alice_id, bob_id = unique_user("alice"), unique_user("bob")
+    new = NewDevice.for_new_account(alice_id)
+    device_id = hush.register_account(new, server.host, server.port, SERVER_NAME,
+                                      server.context())
+    key = hush.generate_storage_key()
+    path = str(tmp_path / "alice.db")
+    alice = Device.create_sqlite(path, key, new, device_id)
+    bob = new_device(server, bob_id, tmp_path / "bob.db")
+    connect(server, alice).close()  # publishes alice's prekeys
+    # Alice's client has no connection: the message waits in the outbox.
+    client = alice.client(SERVER_NAME)
+    sent_id = client.send_text(bob_id, "written offline")
+    assert client.has_pending_sends()
+    alice.close_store()
+    alice = Device.open_sqlite(path, key)
+    with connect(server, alice) as a, connect(server, bob) as b:
+        sent = a.wait_for(lambda e: isinstance(e, ClientEvent.SENT))
+        assert sent.message_id == sent_id
+        got = b.wait_for(is_message("written offline"))
+        b.confirm(got.envelope_id)
+        with pytest.raises(TimeoutError):
+            b.wait_for(lambda e: isinstance(e, ClientEvent.MESSAGE), timeout=1.0)
+
+
 def test_attachment_upload_and_download(server, tmp_path, unique_user):
     alice_id, bob_id = unique_user("alice"), unique_user("bob")
     alice = new_device(server, alice_id, tmp_path / "alice.db")
