@@ -157,6 +157,11 @@ pub struct Limits {
     pub uploads_per_user: usize,
     /// Concurrent uploads in all. Default 1,000.
     pub uploads_global: usize,
+    /// Attachment bytes one user may keep on the server: finished blobs not
+    /// yet purged (they live `message_ttl`) plus the declared size of the
+    /// user's uploads in progress. An upload that would pass it is refused
+    /// (`LimitReached`). Default 2 GiB.
+    pub blob_bytes_per_user: u64,
     /// One-time prekeys left below which a device is told to publish more.
     /// Default 10.
     pub prekeys_low_threshold: u64,
@@ -214,6 +219,7 @@ impl Default for Limits {
             max_devices: MAX_DEVICES_PER_USER,
             uploads_per_user: 5,
             uploads_global: 1000,
+            blob_bytes_per_user: 2 << 30,
             prekeys_low_threshold: 10,
             link_permission_ttl: 600,
             upload_idle_timeout: 3600,

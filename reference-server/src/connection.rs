@@ -1266,6 +1266,10 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
             return refuse(ErrorCode::TooLarge, "over the cap of its kind");
         }
         let l = &shared.config.limits;
+        let stored = match shared.timed(shared.storage.blob_bytes(&me.user)).await {
+            Ok(bytes) => bytes,
+            Err(e) => return Err(internal(&e)),
+        };
         let upload = UploadId::random(&mut rand::rng());
         {
             let mut uploads = lock(&shared.uploads);
@@ -1273,6 +1277,21 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
             if mine >= l.uploads_per_user || uploads.by_id.len() >= l.uploads_global {
                 shared.metrics.reject(Rejection::Upload);
                 return refuse(ErrorCode::LimitReached, "too many uploads in progress");
+            }
+            // In progress: counted by declared size, under the lock, so that
+            // concurrent uploads of one user cannot pass the quota together.
+            let in_progress: u64 = uploads
+                .by_id
+                .values()
+                .filter(|u| u.owner.user == me.user)
+                .map(|u| u.size)
+                .sum();
+            if stored.saturating_add(in_progress).saturating_add(size) > l.blob_bytes_per_user {
+                shared.metrics.reject(Rejection::Upload);
+                return refuse(
+                    ErrorCode::LimitReached,
+                    "the account's attachment storage is full",
+                );
             }
             *uploads.per_user.entry(me.user.clone()).or_insert(0) += 1;
             uploads.by_id.insert(
@@ -1342,7 +1361,15 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
             return refuse(ErrorCode::BadRequest, "the upload is shorter than declared");
         }
         let shared = self.shared.clone();
+        let result = self.commit_upload(me, upload, size).await;
+        // Counted as in progress (for the user's quota) until its index row
+        // is in, or the upload failed.
         lock(&shared.uploads).remove(&upload);
+        result
+    }
+
+    async fn commit_upload(&mut self, me: DeviceAddress, upload: UploadId, size: u64) -> Reply {
+        let shared = self.shared.clone();
         let blob = BlobId::random(&mut rand::rng());
         if let Err(e) = shared.blobs.commit(&upload, &blob).await {
             tracing::error!(error = %e, "upload commit failed");

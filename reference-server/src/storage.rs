@@ -381,6 +381,9 @@ pub trait Storage: Send + Sync + 'static {
         blob: &BlobId,
     ) -> impl Future<Output = Result<Option<BlobRecord>, StorageError>> + Send;
 
+    /// The bytes of every blob in the index that a device of `user` uploaded.
+    fn blob_bytes(&self, user: &UserId) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
     /// Deletes the index rows of blobs created before `before`; returns their
     /// ids (the caller deletes their bytes).
     fn purge_blobs(
@@ -576,6 +579,10 @@ impl Storage for AnyStorage {
 
     async fn blob(&self, blob: &BlobId) -> Result<Option<BlobRecord>, StorageError> {
         delegate!(self.blob(blob))
+    }
+
+    async fn blob_bytes(&self, user: &UserId) -> Result<u64, StorageError> {
+        delegate!(self.blob_bytes(user))
     }
 
     async fn purge_blobs(&self, before: u64) -> Result<Vec<BlobId>, StorageError> {

@@ -64,6 +64,7 @@ on_both_backends!(
     an_oversized_length_prefix_closes_the_connection,
     unauthenticated_connections_are_capped_per_address,
     uploads_are_capped_and_partial_ones_removed,
+    a_users_attachment_bytes_are_capped,
     sends_and_bundle_fetches_are_rate_limited,
     the_push_hook_fires_only_for_offline_devices,
     backup_and_restore,
@@ -781,6 +782,72 @@ async fn uploads_are_capped_and_partial_ones_removed(backend: Backend) {
     }
     assert_eq!(left, 0);
     let _: UploadId = uploads[1];
+    server.finish().await;
+}
+
+/// The quota counts finished blobs and uploads in progress (by declared
+/// size) of every device of the user, and no other user's.
+async fn a_users_attachment_bytes_are_capped(backend: Backend) {
+    let Some(server) = TestServer::start(backend, |c| c.limits.blob_bytes_per_user = 250_000).await
+    else {
+        return;
+    };
+    let (mut jill, ..) = raw_account(&server, "jill").await;
+    let (mut jack, ..) = raw_account(&server, "jack").await;
+    async fn begin(raw: &mut Raw, size: u64) -> Result<UploadId, Option<ErrorCode>> {
+        let answer = raw
+            .request(Request::UploadBegin {
+                kind: BlobKind::File,
+                size,
+            })
+            .await;
+        match answer {
+            Ok(Response::UploadStarted { upload }) => Ok(upload),
+            other => Err(code(&other)),
+        }
+    }
+    let first = begin(&mut jill, 100_000).await.unwrap();
+    begin(&mut jill, 100_000).await.unwrap();
+    assert_eq!(
+        begin(&mut jill, 60_000).await,
+        Err(Some(ErrorCode::LimitReached)),
+        "200,000 in progress"
+    );
+    let mut jill2 = raw_linked_device(&server, &mut jill).await;
+    assert_eq!(
+        begin(&mut jill2, 60_000).await,
+        Err(Some(ErrorCode::LimitReached)),
+        "the same user on another device"
+    );
+    begin(&mut jack, 200_000)
+        .await
+        .expect("another user's quota");
+
+    // Finished, the first counts as stored: still 200,000 in all.
+    let data = vec![7u8; 100_000];
+    for (i, chunk) in data.chunks(CHUNK_LEN).enumerate() {
+        let answer = jill
+            .request(Request::UploadChunk {
+                upload: first,
+                offset: (i * CHUNK_LEN) as u64,
+                data: chunk.to_vec(),
+            })
+            .await;
+        assert_eq!(answer, Ok(Response::Ok));
+    }
+    assert!(matches!(
+        jill.request(Request::UploadFinish { upload: first }).await,
+        Ok(Response::Uploaded { .. })
+    ));
+    assert_eq!(
+        begin(&mut jill2, 60_000).await,
+        Err(Some(ErrorCode::LimitReached))
+    );
+    begin(&mut jill2, 50_000).await.expect("exactly the quota");
+    assert_eq!(
+        begin(&mut jill2, 1).await,
+        Err(Some(ErrorCode::LimitReached))
+    );
     server.finish().await;
 }
 

@@ -1039,6 +1039,20 @@ impl Storage for MysqlStorage {
         row.map(blob_record).transpose()
     }
 
+    async fn blob_bytes(&self, user: &UserId) -> Result<u64, StorageError> {
+        let mut row: Row = self
+            .conn()
+            .await?
+            .exec_first(
+                // SUM gives a DECIMAL; the cast keeps it an integer.
+                "SELECT CAST(COALESCE(SUM(size), 0) AS UNSIGNED) FROM blobs WHERE owner_user = ?",
+                (user_bytes(user),),
+            )
+            .await?
+            .ok_or(StorageError::Corrupt("blobs"))?;
+        take(&mut row, 0, "blobs")
+    }
+
     async fn purge_blobs(&self, before: u64) -> Result<Vec<BlobId>, StorageError> {
         transaction!(self, TxOpts::default(), |tx| {
             let rows: Vec<Row> = tx

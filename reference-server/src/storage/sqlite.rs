@@ -934,6 +934,16 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn blob_bytes(&self, user: &UserId) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        let user = user.clone();
+        self.read(move |conn| {
+            let bytes: i64 = conn
+                .prepare_cached("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE owner_user = ?1")?
+                .query_row([user.as_str()], |row| row.get(0))?;
+            uint(bytes, "blobs")
+        })
+    }
+
     fn purge_blobs(
         &self,
         before: u64,

@@ -1477,6 +1477,12 @@ pub(crate) async fn blobs_are_indexed_and_purged_by_age<S: Storage>(s: &S) {
     }
     assert!(s.add_blob(&blobs[0]).await.is_err());
     assert_eq!(s.blob(&keys.blob_id()).await.unwrap(), None);
+    assert_eq!(
+        s.blob_bytes(&alice.user).await.unwrap(),
+        10 + (5 << 20) + (50 << 20)
+    );
+    let nobody = UserId::new("nobody").unwrap();
+    assert_eq!(s.blob_bytes(&nobody).await.unwrap(), 0);
     assert_eq!(s.purge_blobs(NOW - 50).await.unwrap(), vec![]);
     assert_eq!(
         s.purge_blobs(NOW).await.unwrap(),
@@ -1488,13 +1494,16 @@ pub(crate) async fn blobs_are_indexed_and_purged_by_age<S: Storage>(s: &S) {
         s.blob(&blobs[2].blob).await.unwrap().as_ref(),
         Some(&blobs[2])
     );
-    // Removing the uploading device keeps the index row.
+    assert_eq!(s.blob_bytes(&alice.user).await.unwrap(), 50 << 20);
+    // Removing the uploading device keeps the index row (and the user's
+    // bytes: the quota is the user's).
     link(s, &mut keys, &alice).await;
     assert!(s.remove_device(&alice.device(1)).await.unwrap());
     assert_eq!(
         s.blob(&blobs[2].blob).await.unwrap().as_ref(),
         Some(&blobs[2])
     );
+    assert_eq!(s.blob_bytes(&alice.user).await.unwrap(), 50 << 20);
 }
 
 /// Migrating an up-to-date database changes nothing.
