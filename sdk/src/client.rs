@@ -282,9 +282,8 @@ pub struct Client<S: Store> {
     next_ping: Option<u64>,
     transfers: BTreeMap<u64, Transfer>,
     next_transfer: u64,
-    /// Publications made at login and not answered yet.
-    login_publishing: u8,
-    /// The server reported its queue drained while `login_publishing` > 0.
+    /// The server reported its queue drained while a publication made at
+    /// login was not answered yet.
     queue_empty_held: bool,
 }
 
@@ -340,7 +339,6 @@ impl<S: Store> Client<S> {
             next_ping: None,
             transfers: BTreeMap::new(),
             next_transfer: 1,
-            login_publishing: 0,
             queue_empty_held: false,
         })
     }
@@ -373,7 +371,6 @@ impl<S: Store> Client<S> {
         self.pending.clear();
         self.transmit.clear();
         self.next_ping = None;
-        self.login_publishing = 0;
         self.queue_empty_held = false;
         // Transfers do not survive a connection: report them failed.
         let transfers: Vec<u64> = self.transfers.keys().copied().collect();
@@ -931,6 +928,14 @@ impl<S: Store> Client<S> {
             .extend(events.into_iter().map(ClientEvent::Trust));
     }
 
+    /// Whether a publication made at login awaits its answer (the answer's
+    /// own entry is gone by the time it is handled).
+    fn login_publishing(&self) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::LoginPublish))
+    }
+
     fn publish_signed_prekeys(&mut self, pending: Pending) -> Result<(), ClientError> {
         let bundle = self.manager.bundle()?;
         self.request(
@@ -964,7 +969,7 @@ impl<S: Store> Client<S> {
                 );
             }
             Push::Deliver(delivery) => self.handle_delivery(rng, delivery, now)?,
-            Push::QueueEmpty if self.login_publishing > 0 => self.queue_empty_held = true,
+            Push::QueueEmpty if self.login_publishing() => self.queue_empty_held = true,
             Push::QueueEmpty => self.events.push_back(ClientEvent::QueueEmpty),
             Push::PreKeysLow {
                 remaining,
@@ -1121,7 +1126,6 @@ impl<S: Store> Client<S> {
                     Request::PublishCertificate { certificate },
                     Pending::LoginPublish,
                 );
-                self.login_publishing = 2;
                 let user = self.manager.address().user.clone();
                 self.request(Request::ListDevices { user }, Pending::ListOwnDevices);
                 let jobs: Vec<u64> = self.jobs.keys().copied().collect();
@@ -1133,8 +1137,7 @@ impl<S: Store> Client<S> {
                 if let Err(e) = result {
                     self.events.push_back(ClientEvent::ServerError(e));
                 }
-                self.login_publishing = self.login_publishing.saturating_sub(1);
-                if self.login_publishing == 0 && std::mem::take(&mut self.queue_empty_held) {
+                if !self.login_publishing() && std::mem::take(&mut self.queue_empty_held) {
                     self.events.push_back(ClientEvent::QueueEmpty);
                 }
             }
