@@ -1119,13 +1119,7 @@ impl<S: Store> SessionManager<S> {
     /// # Errors
     /// A store error.
     pub fn inbox(&self) -> Result<Vec<InboxMessage>, Error> {
-        let mut out = Vec::new();
-        for (row, sealed) in self.store.scan(Table::Inbox)? {
-            out.push(
-                self.vault
-                    .open::<InboxMessage>(Table::Inbox, &row, &sealed)?,
-            );
-        }
+        let mut out: Vec<InboxMessage> = self.open_all(Table::Inbox)?;
         out.sort_by_key(|m| m.received_at);
         Ok(out)
     }
@@ -1135,10 +1129,7 @@ impl<S: Store> SessionManager<S> {
     /// # Errors
     /// A store error.
     pub fn confirm(&mut self, envelope_id: &[u8]) -> Result<(), Error> {
-        let mut batch = Batch::new();
-        batch.delete(Table::Inbox, self.vault.row_key(Table::Inbox, envelope_id));
-        self.store.apply(batch)?;
-        Ok(())
+        self.delete_row(Table::Inbox, envelope_id)
     }
 
     /// Keeps messages to send, in one batch.
@@ -1158,26 +1149,31 @@ impl<S: Store> SessionManager<S> {
 
     /// Forgets a message to send: the server accepted it, or it failed.
     pub(crate) fn outbox_remove(&mut self, order: u64) -> Result<(), Error> {
-        let mut batch = Batch::new();
-        batch.delete(
-            Table::Outbox,
-            self.vault.row_key(Table::Outbox, &order.to_be_bytes()),
-        );
-        self.store.apply(batch)?;
-        Ok(())
+        self.delete_row(Table::Outbox, &order.to_be_bytes())
     }
 
     /// The messages to send, in queuing order.
     pub(crate) fn outbox(&self) -> Result<Vec<OutboxRecord>, Error> {
-        let mut out = Vec::new();
-        for (row, sealed) in self.store.scan(Table::Outbox)? {
-            out.push(
-                self.vault
-                    .open::<OutboxRecord>(Table::Outbox, &row, &sealed)?,
-            );
-        }
+        let mut out: Vec<OutboxRecord> = self.open_all(Table::Outbox)?;
         out.sort_by_key(|r| r.order);
         Ok(out)
+    }
+
+    /// Every record of a table, in the store's order.
+    fn open_all<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, Error> {
+        let mut out = Vec::new();
+        for (row, sealed) in self.store.scan(table)? {
+            out.push(self.vault.open(table, &row, &sealed)?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes one row, alone in its batch.
+    fn delete_row(&mut self, table: Table, id: &[u8]) -> Result<(), Error> {
+        let mut batch = Batch::new();
+        batch.delete(table, self.vault.row_key(table, id));
+        self.store.apply(batch)?;
+        Ok(())
     }
 
     /// Forgets processed envelope ids older than `max_age` seconds (the
