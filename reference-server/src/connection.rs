@@ -1360,11 +1360,10 @@ impl<S: Storage, B: BlobStore> Conn<S, B> {
         if written != size {
             return refuse(ErrorCode::BadRequest, "the upload is shorter than declared");
         }
-        let shared = self.shared.clone();
         let result = self.commit_upload(me, upload, size).await;
         // Counted as in progress (for the user's quota) until its index row
         // is in, or the upload failed.
-        lock(&shared.uploads).remove(&upload);
+        lock(&self.shared.uploads).remove(&upload);
         result
     }
 

@@ -119,6 +119,22 @@ impl MysqlStorage {
     async fn conn(&self) -> Result<Conn, StorageError> {
         Ok(self.pool.get_conn().await?)
     }
+
+    /// The number a one-row, one-column query gives (a count or a sum).
+    async fn scalar(
+        &self,
+        sql: &str,
+        params: impl Into<Params> + Send,
+        table: Table,
+    ) -> Result<u64, StorageError> {
+        let mut row: Row = self
+            .conn()
+            .await?
+            .exec_first(sql, params)
+            .await?
+            .ok_or(StorageError::Corrupt(table))?;
+        take(&mut row, 0, table)
+    }
 }
 
 /// Runs `$body` (an expression using `$tx`, the open [`Transaction`]) in a
@@ -800,29 +816,21 @@ impl Storage for MysqlStorage {
     }
 
     async fn one_time_prekey_count(&self, address: &DeviceAddress) -> Result<u64, StorageError> {
-        let mut row: Row = self
-            .conn()
-            .await?
-            .exec_first(
-                "SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = ? AND device_id = ?",
-                (user_bytes(&address.user), address.device.0),
-            )
-            .await?
-            .ok_or(StorageError::Corrupt("one_time_prekeys"))?;
-        take(&mut row, 0, "one_time_prekeys")
+        self.scalar(
+            "SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = ? AND device_id = ?",
+            (user_bytes(&address.user), address.device.0),
+            "one_time_prekeys",
+        )
+        .await
     }
 
     async fn pq_one_time_prekey_count(&self, address: &DeviceAddress) -> Result<u64, StorageError> {
-        let mut row: Row = self
-            .conn()
-            .await?
-            .exec_first(
-                "SELECT COUNT(*) FROM pq_one_time_prekeys WHERE user_id = ? AND device_id = ?",
-                (user_bytes(&address.user), address.device.0),
-            )
-            .await?
-            .ok_or(StorageError::Corrupt("pq_one_time_prekeys"))?;
-        take(&mut row, 0, "pq_one_time_prekeys")
+        self.scalar(
+            "SELECT COUNT(*) FROM pq_one_time_prekeys WHERE user_id = ? AND device_id = ?",
+            (user_bytes(&address.user), address.device.0),
+            "pq_one_time_prekeys",
+        )
+        .await
     }
 
     async fn enqueue(&self, envelopes: &[NewEnvelope]) -> Result<(), StorageError> {
@@ -948,13 +956,7 @@ impl Storage for MysqlStorage {
     }
 
     async fn queue_depth(&self) -> Result<u64, StorageError> {
-        let mut row: Row = self
-            .conn()
-            .await?
-            .exec_first("SELECT COUNT(*) FROM queue", ())
-            .await?
-            .ok_or(StorageError::Corrupt("queue"))?;
-        take(&mut row, 0, "queue")
+        self.scalar("SELECT COUNT(*) FROM queue", (), "queue").await
     }
 
     async fn purge_envelopes(&self, before: u64) -> Result<u64, StorageError> {
@@ -1040,17 +1042,13 @@ impl Storage for MysqlStorage {
     }
 
     async fn blob_bytes(&self, user: &UserId) -> Result<u64, StorageError> {
-        let mut row: Row = self
-            .conn()
-            .await?
-            .exec_first(
-                // SUM gives a DECIMAL; the cast keeps it an integer.
-                "SELECT CAST(COALESCE(SUM(size), 0) AS UNSIGNED) FROM blobs WHERE owner_user = ?",
-                (user_bytes(user),),
-            )
-            .await?
-            .ok_or(StorageError::Corrupt("blobs"))?;
-        take(&mut row, 0, "blobs")
+        self.scalar(
+            // SUM gives a DECIMAL; the cast keeps it an integer.
+            "SELECT CAST(COALESCE(SUM(size), 0) AS UNSIGNED) FROM blobs WHERE owner_user = ?",
+            (user_bytes(user),),
+            "blobs",
+        )
+        .await
     }
 
     async fn purge_blobs(&self, before: u64) -> Result<Vec<BlobId>, StorageError> {
